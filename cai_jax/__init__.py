@@ -1,0 +1,1 @@
+"""cai_jax: Constitutional AI in JAX."""

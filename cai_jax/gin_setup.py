@@ -1,0 +1,53 @@
+"""Gin at the edges: registers the configurable factories and parses config files.
+
+Library functions take plain arguments. Gin binds program entry points (each
+decorated in its own module under ``cai_jax.programs``) and the few factories
+registered here.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import gin
+
+from cai_jax.models.config import ModelConfig
+from cai_jax.train import optim
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "gin_configs")
+
+_registered = False
+_search_path_added = False
+
+
+def register() -> None:
+  """Registers external configurables and imports every program (idempotent)."""
+  global _registered
+  if _registered:
+    return
+  gin.external_configurable(ModelConfig, "ModelConfig")
+  gin.external_configurable(optim.make_optimizer, "make_optimizer")
+  # Importing a program module registers its gin configurable.
+  import cai_jax.programs.sft  # noqa: F401  pylint: disable=import-outside-toplevel
+  _registered = True
+
+
+def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (), *,
+          finalize: bool = True) -> None:
+  """Parses gin files (looked up in the cwd, then in ``gin_configs/``) and bindings."""
+  global _search_path_added
+  register()
+  if not _search_path_added and os.path.isdir(GIN_DIR):
+    gin.add_config_file_search_path(GIN_DIR)
+    _search_path_added = True
+  gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
+                                      finalize_config=finalize)
+
+
+def write_config(workdir: str, name: str, text: str) -> str:
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, name)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return path

@@ -1,0 +1,81 @@
+"""Pieces every training program shares: batch placement, the LM loss step, resume."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from cai_jax import models
+from cai_jax.losses.lm import masked_lm_loss
+from cai_jax.sharding import make_mesh, named_sharding
+from cai_jax.train import state as state_lib
+
+DONE_FILE = "DONE"
+
+
+def build_mesh(shape: tuple[int, int, int]) -> Mesh:
+  mesh = make_mesh(*shape)
+  logging.info("mesh %s on %d devices", dict(mesh.shape), mesh.size)
+  return mesh
+
+
+def batch_putter(mesh: Mesh, batch_size: int) -> Callable[[dict], dict]:
+  """Returns host-batch -> global device arrays sharded over the batch axes."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % n:
+    raise ValueError(f"batch_size={batch_size} is not divisible by the data*fsdp mesh size {n}")
+
+  def put(batch: dict) -> dict:
+    out = {}
+    for k, v in batch.items():
+      v = np.asarray(v)
+      sh = named_sharding(mesh, ("batch",) + (None,) * (v.ndim - 1))
+      out[k] = jax.make_array_from_process_local_data(sh, v)
+    return out
+
+  return put
+
+
+def lm_loss_fn(graphdef: nnx.GraphDef) -> state_lib.LossFn:
+  """Next-token loss on the tokens whose ``loss_mask`` is 1 (batch: tokens, loss_mask)."""
+
+  def loss_fn(params, batch, rng):
+    del rng
+    tokens = batch["tokens"]
+    logits = models.merge(graphdef, params)(tokens[:, :-1])
+    loss, n = masked_lm_loss(logits, tokens[:, 1:], batch["loss_mask"][:, 1:])
+    return loss, {"target_tokens": n}
+
+  return loss_fn
+
+
+def restore_or_init(ckpt: Any, mesh: Mesh, params_shardings: Any, abstract_params: Any,
+                    optimizer: optax.GradientTransformation,
+                    init_params: Callable[[], Any]) -> tuple[state_lib.TrainState, dict | None,
+                                                             state_lib.TrainState]:
+  """Resume order: this run's own latest checkpoint > ``init_params()`` (an init
+  checkpoint or a fresh init). Returns (state, checkpoint metadata or None, shardings).
+  """
+  shardings = state_lib.state_shardings(mesh, params_shardings, abstract_params, optimizer)
+  if ckpt.latest_step() is not None:
+    target = state_lib.abstract_state(shardings, abstract_params, optimizer)
+    state, meta = ckpt.restore(target)
+    logging.info("resumed from step %d", int(jax.device_get(state.step)))
+    return state, meta, shardings
+  create = jax.jit(lambda p: state_lib.create_state(p, optimizer), out_shardings=shardings)
+  return create(init_params()), None, shardings
+
+
+def mark_done(workdir: str, text: str = "") -> None:
+  with open(os.path.join(workdir, DONE_FILE), "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.isfile(os.path.join(workdir, DONE_FILE))
