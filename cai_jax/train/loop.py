@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -58,6 +59,9 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
       updated and no checkpoint was written after the last good one.
   """
   start = int(jax.device_get(state.step))
+  # Fault injection for resume tests: die abruptly (no cleanup, like SIGKILL) after
+  # this step, possibly while an async checkpoint is still being written.
+  exit_after = int(os.environ.get("CAI_JAX_FAULT_EXIT_AFTER_STEP", "0"))
   window: list[dict] = []
   t0 = time.perf_counter()
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
@@ -87,6 +91,8 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
     if checkpointer is not None and ((ckpt_every and done % ckpt_every == 0)
                                      or done == num_steps):
       save_checkpoint(checkpointer, state, data_state=data_state, metadata=metadata)
+    if exit_after and done == exit_after:
+      os._exit(17)  # pylint: disable=protected-access
   bar.close()
   if checkpointer is not None:
     checkpointer.wait()
