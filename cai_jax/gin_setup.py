@@ -7,7 +7,7 @@ registered here.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 
@@ -16,6 +16,12 @@ from cai_jax.train import optim
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "gin_configs")
+
+@gin.configurable
+def run(workdir: str, program: Callable = gin.REQUIRED):
+  """Runs the program that the gin files bind to ``run.program`` in ``workdir``."""
+  return program(workdir=workdir)
+
 
 _registered = False
 _search_path_added = False
@@ -41,8 +47,18 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (), *,
   if not _search_path_added and os.path.isdir(GIN_DIR):
     gin.add_config_file_search_path(GIN_DIR)
     _search_path_added = True
-  gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
+  gin.parse_config_files_and_bindings([_resolve(f) for f in gin_files], list(gin_params),
                                       finalize_config=finalize)
+
+
+def _resolve(path: str) -> str:
+  """A gin file relative to the cwd, else relative to ``gin_configs/``."""
+  if os.path.exists(path) or os.path.isabs(path):
+    return path
+  candidate = os.path.join(GIN_DIR, path)
+  if os.path.exists(candidate):
+    return candidate
+  raise FileNotFoundError(f"gin file {path!r} not found in the cwd or in {GIN_DIR}")
 
 
 def write_config(workdir: str, name: str, text: str) -> str:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
-
 import gin
 import jax
 from absl import app, flags
+from absl import logging as absl_logging
 
 from cai_jax import gin_setup
 
@@ -23,12 +22,6 @@ flags.DEFINE_string("workdir", None, "Output folder of the run.", required=True)
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node).")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/cai_jax/xla"),
                     "Persistent XLA compilation cache folder ('' disables it).")
-
-
-@gin.configurable
-def run(workdir: str, program: Callable = gin.REQUIRED):
-  """Runs the gin-selected program in ``workdir``."""
-  return program(workdir=workdir)
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -42,7 +35,8 @@ def enable_compilation_cache(path: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  logging.getLogger("cai_jax").setLevel(logging.INFO)
   if FLAGS.multihost:
     jax.distributed.initialize()
   enable_compilation_cache(FLAGS.compilation_cache)
@@ -51,7 +45,7 @@ def main(argv):
   workdir = os.path.abspath(FLAGS.workdir)
   if jax.process_index() == 0:
     gin_setup.write_config(workdir, "config.gin", gin.config_str())
-  run(workdir=workdir)
+  gin_setup.run(workdir=workdir)
   if jax.process_index() == 0:
     gin_setup.write_config(workdir, "operative_config.gin", gin.operative_config_str())
 

@@ -16,12 +16,14 @@ from cai_jax.losses.lm import masked_lm_loss
 from cai_jax.sharding import make_mesh, named_sharding
 from cai_jax.train import state as state_lib
 
+_log = logging.getLogger(__name__)
+
 DONE_FILE = "DONE"
 
 
 def build_mesh(shape: tuple[int, int, int]) -> Mesh:
   mesh = make_mesh(*shape)
-  logging.info("mesh %s on %d devices", dict(mesh.shape), mesh.size)
+  _log.info("mesh %s on %d devices", dict(mesh.shape), mesh.size)
   return mesh
 
 
@@ -66,7 +68,7 @@ def restore_or_init(ckpt: Any, mesh: Mesh, params_shardings: Any, abstract_param
   if ckpt.latest_step() is not None:
     target = state_lib.abstract_state(shardings, abstract_params, optimizer)
     state, meta = ckpt.restore(target)
-    logging.info("resumed from step %d", int(jax.device_get(state.step)))
+    _log.info("resumed from step %d", int(jax.device_get(state.step)))
     return state, meta, shardings
   create = jax.jit(lambda p: state_lib.create_state(p, optimizer), out_shardings=shardings)
   return create(init_params()), None, shardings

@@ -28,6 +28,8 @@ from cai_jax.train.loop import train_loop
 from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.optim import make_optimizer
 
+_log = logging.getLogger(__name__)
+
 
 @gin.configurable
 def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = gin.REQUIRED,
@@ -53,7 +55,7 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
   """
   out_dir = os.path.join(workdir, "model")
   if common.is_done(workdir):
-    logging.info("sft: %s is complete, skipping", workdir)
+    _log.info("sft: %s is complete, skipping", workdir)
     return out_dir
   if loss_on not in ("model", "all"):
     raise ValueError(f"loss_on must be 'model' or 'all', got {loss_on!r}")
@@ -68,7 +70,7 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
   arrays = pad_examples([(e.ids, e.loss_mask if loss_on == "model" else [1] * len(e.ids))
                          for e in encoded], seq_len, tok.pad_id)
   if arrays.num_truncated:
-    logging.warning("sft: %d of %d conversations were longer than seq_len=%d and truncated",
+    _log.warning("sft: %d of %d conversations were longer than seq_len=%d and truncated",
                     arrays.num_truncated, len(convs), seq_len)
   data = batch_dataset({"tokens": arrays.tokens, "loss_mask": arrays.loss_mask},
                        batch_size=batch_size, seed=seed)
@@ -86,7 +88,7 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
     raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model only "
                      f"{cfg.vocab_size}; raise ModelConfig.vocab_size")
   graphdef, abstract_params, _ = models.abstract(cfg)
-  logging.info("sft: %s parameters", f"{models.count_params(abstract_params):,}")
+  _log.info("sft: %s parameters", f"{models.count_params(abstract_params):,}")
   tx, schedule = optimizer(total_steps=num_steps)
 
   # --- Shardings, restore or init ---------------------------------------------

@@ -20,6 +20,8 @@ import tqdm
 from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.state import TrainState
 
+_log = logging.getLogger(__name__)
+
 
 class NonFiniteError(FloatingPointError):
   """Raised when the loss or gradients stop being finite."""
@@ -109,7 +111,7 @@ def save_checkpoint(checkpointer: Any, state: TrainState, *,
   meta["gin_operative_config"] = gin.operative_config_str()
   if data_state is not None:
     meta["data_state"] = json.loads(json.dumps(data_state(), default=_json_default))
-  logging.info("saving checkpoint at step %d", step)
+  _log.info("saving checkpoint at step %d", step)
   checkpointer.save(step, state, metadata=meta, force=True)
 
 

@@ -1,0 +1,83 @@
+"""The SFT program through the binary: trains, writes its configs and metrics, resumes
+after an abrupt death to exactly the parameters of an uninterrupted run."""
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cai_jax.data.conversations import write_conversations
+from cai_jax.data.dialogue import Turn
+from cai_jax.data.tokenizer import train_tokenizer
+from cai_jax.models.store import load_model
+from cai_jax.train.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
+
+
+@pytest.fixture(scope="module")
+def sft_inputs(tmp_path_factory):
+  d = tmp_path_factory.mktemp("sft_inputs")
+  rng = np.random.default_rng(0)
+  convs = []
+  for i in range(64):
+    a, b = rng.choice(WORDS, 2, replace=False)
+    convs.append([Turn("Human", f"What goes with {a}?"), Turn("Assistant", f"{a} goes with {b}.")])
+  data = str(d / "convs.jsonl")
+  write_conversations(data, convs)
+  text = [f"What goes with {w}? {w} goes with {v}." for w in WORDS for v in WORDS]
+  tok = train_tokenizer(text * 4, model_prefix=str(d / "tok"), vocab_size=300)
+  return data, tok.path
+
+
+def _run(workdir, data, tok, *, fault_after=None, steps=8):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env.pop("CAI_JAX_FAULT_EXIT_AFTER_STEP", None)
+  if fault_after:
+    env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
+  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache=",
+         "--gin_file=runs/sft.gin", "--gin_file=models/toy_xs.gin",
+         "--gin_param=sft.model_config=@ModelConfig()", "--gin_param=ModelConfig.vocab_size=320",
+         "--gin_param=ModelConfig.d_model=32", "--gin_param=ModelConfig.d_ff=64",
+         f"--gin_param=sft.train_data='{data}'", f"--gin_param=sft.tokenizer_path='{tok}'",
+         f"--gin_param=sft.num_steps={steps}", "--gin_param=sft.batch_size=8",
+         "--gin_param=sft.seq_len=40", "--gin_param=sft.ckpt_every=3",
+         "--gin_param=sft.log_every=2", "--gin_param=make_optimizer.warmup_steps=2",
+         "--gin_param=make_optimizer.learning_rate=3e-3"]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sft_binary_resumes_to_identical_params(sft_inputs, tmp_path):
+  data, tok = sft_inputs
+  ref = _run(tmp_path / "ref", data, tok)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  died = _run(tmp_path / "resumed", data, tok, fault_after=7)
+  assert died.returncode == 17, died.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "resumed" / "model" / "model.json")
+  again = _run(tmp_path / "resumed", data, tok)
+  assert again.returncode == 0, again.stderr[-3000:]
+  # the loop dies right after step 7, maybe while the step-6 save is in flight; an
+  # unfinished save is discarded, so the run resumes from step 6 or, failing that, 3
+  assert re.search(r"resumed from step [36]\b", again.stderr), again.stderr[-4000:]
+
+  _, _, p_ref, info = load_model(str(tmp_path / "ref" / "model"))
+  _, _, p_res, _ = load_model(str(tmp_path / "resumed" / "model"))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               p_ref, p_res)
+  assert info["program"] == "sft" and info["num_steps"] == 8
+
+  # configs and metrics were written; the loss fell
+  for name in ("config.gin", "operative_config.gin"):
+    assert "sft.num_steps = 8" in (tmp_path / "ref" / name).read_text()
+  rows = read_jsonl(str(tmp_path / "ref" / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 4, 6, 8]
+  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "ref"))
+  # a finished run is skipped when started again
+  skip = _run(tmp_path / "ref", data, tok)
+  assert skip.returncode == 0 and "is complete, skipping" in skip.stderr
