@@ -35,6 +35,7 @@ def register() -> None:
   gin.external_configurable(ModelConfig, "ModelConfig")
   gin.external_configurable(optim.make_optimizer, "make_optimizer")
   # Importing a program module registers its gin configurable.
+  import cai_jax.pipeline  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.sft  # noqa: F401  pylint: disable=import-outside-toplevel
   _registered = True
 
