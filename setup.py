@@ -20,6 +20,7 @@ setuptools.setup(
         "grain==0.2.18",
         "gin-config==0.5.0",
         "sentencepiece==0.2.3",
+        "safetensors>=0.8,<0.9",
         "absl-py>=2.1",
         "tqdm>=4.66",
         "numpy>=2.0,<2.5",
@@ -29,7 +30,6 @@ setuptools.setup(
             "pytest>=9,<10",
             "torch==2.13.0",
             "transformers==5.23.0",
-            "safetensors>=0.8,<0.9",
         ],
     },
 )
