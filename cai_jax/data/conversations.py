@@ -5,17 +5,21 @@ A conversations file is JSONL; each line is one of
   {"text": "\\n\\nHuman: ...\\n\\nAssistant: ..."}       (the common public format)
 Malformed lines raise ``ValueError`` naming the file, the line and the problem;
 nothing is dropped silently.
+
+``read_jsonl`` with ``parse_prompt_row`` / ``parse_preference_row`` reads the red-team
+prompt and chosen/rejected pair files of ``cai_jax.data.builders`` the same way.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterable, Sequence
+import os
+from typing import Any, Callable, Iterable, Sequence
 
 import grain
 import numpy as np
 
-from cai_jax.data.dialogue import Turn, parse_hh
+from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, parse_hh, render
 
 
 def _turns_from_row(row: dict) -> list[Turn]:
@@ -118,3 +122,116 @@ def batch_dataset(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
   ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=True)
   return ds.to_iter_dataset()
+
+
+# ------------------------------------------------- prompt and preference-pair files
+# Rows for ``cai_jax.data.builders``: red-team prompts ({"prompt": "..."} or {"text":
+# "\n\nHuman: ..."}, optional "id"/"category") and chosen/rejected pairs in the public
+# HH format (optional "id"/"p_chosen"). Conversations are stored as public-format text.
+def read_jsonl(path: str, parse: Callable[[dict], dict[str, Any]]) -> list[dict[str, Any]]:
+  """Parses every non-blank line of a JSONL file with ``parse(obj) -> row``.
+
+  Rows have an ``"id"``; an empty one becomes ``"{file stem}:{line}"``.
+
+  Raises:
+    ValueError: ``"{path}:{line}: ..."`` on bad UTF-8 or JSON, a non-object line, an
+      error from ``parse`` or a duplicate id; ``"{path}: no rows"`` on an empty file.
+  """
+  rows, seen = [], {}
+  stem = os.path.splitext(os.path.basename(path))[0]
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+        if not line.strip():
+          continue
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+          raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        row = parse(obj)
+        row["id"] = row["id"] or f"{stem}:{lineno}"
+        if row["id"] in seen:
+          raise ValueError(f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+      except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}:{lineno}: {e}") from None
+      seen[row["id"]] = lineno
+      rows.append(row)
+  if not rows:
+    raise ValueError(f"{path}: no rows")
+  return rows
+
+
+def _text_field(obj: dict, key: str, *, required: bool = True) -> str | None:
+  if key not in obj:
+    if required:
+      raise ValueError(f"missing field {key!r} (fields: {sorted(obj)})")
+    return None
+  value = obj[key]
+  if key == "id" and isinstance(value, int) and not isinstance(value, bool):
+    value = str(value)
+  if not isinstance(value, str):
+    raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
+  if not value.strip():
+    raise ValueError(f"field {key!r} is empty")
+  return value
+
+
+def _conversation(text: str, key: str) -> list[Turn]:
+  """Parses public-format text; every turn must have a body."""
+  try:
+    turns = parse_hh(text)
+  except ValueError as e:
+    raise ValueError(f"{key!r}: {e}") from None
+  if turns and turns[-1].role == ASSISTANT and not turns[-1].text and key == "text":
+    turns = turns[:-1]  # an open "\n\nAssistant:" header after a prompt
+  if not turns:
+    raise ValueError(f"{key!r} has no turns")
+  for i, t in enumerate(turns):
+    if not t.text:
+      raise ValueError(f"{key!r}: turn {i} ({t.role}) has empty text")
+  return turns
+
+
+def _rendered(turns: Sequence[Turn], key: str) -> str:
+  text = render(turns)
+  if parse_hh(text) != list(turns):
+    raise ValueError(f"{key!r}: text contains a '\\n\\nHuman:' or '\\n\\nAssistant:' header")
+  return text
+
+
+def parse_prompt_row(obj: dict) -> dict[str, Any]:
+  """A red-team prompt line -> a ``prompt_features`` example (id "" if absent)."""
+  if ("prompt" in obj) == ("text" in obj):
+    raise ValueError("expected exactly one of the fields 'prompt' and 'text'")
+  if "prompt" in obj:
+    turns = [Turn(HUMAN, _text_field(obj, "prompt").strip())]
+  else:
+    turns = _conversation(_text_field(obj, "text"), "text")
+    if turns[-1].role != HUMAN:
+      raise ValueError(f"'text' must end with a Human turn, not {turns[-1].role}")
+  category = _text_field(obj, "category", required=False) or ""
+  return {"id": _text_field(obj, "id", required=False) or "",
+          "prompt": _rendered(turns, "prompt"), "category": category}
+
+
+def parse_preference_row(obj: dict) -> dict[str, Any]:
+  """A chosen/rejected line -> a ``preference_features`` example (id "" if absent)."""
+  prompts, responses = {}, {}
+  for key in ("chosen", "rejected"):
+    turns = _conversation(_text_field(obj, key), key)
+    if turns[-1].role != ASSISTANT:
+      raise ValueError(f"{key!r} must end with an Assistant turn, not {turns[-1].role}")
+    if len(turns) < 2:
+      raise ValueError(f"{key!r} has no prompt before its Assistant response")
+    prompts[key], responses[key] = turns[:-1], turns[-1].text
+  if prompts["chosen"] != prompts["rejected"]:
+    a, b = prompts["chosen"], prompts["rejected"]
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    raise ValueError(f"'chosen' and 'rejected' have different prompts ({len(a)} vs {len(b)} "
+                     f"turns, first difference at turn {k})")
+  p = obj.get("p_chosen", 1.0)
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    raise ValueError(f"'p_chosen' must be a number in [0, 1], got {p!r}")
+  return {"id": _text_field(obj, "id", required=False) or "",
+          "prompt": _rendered(prompts["chosen"], "prompt"), "chosen": responses["chosen"],
+          "rejected": responses["rejected"], "p_chosen": np.float32(p)}

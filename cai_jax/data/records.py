@@ -1,0 +1,180 @@
+"""Versioned record sets on disk: content hashes, build-or-reuse, read back.
+
+A record set is a TFDS data set in ArrayRecord files at ``{data_dir}/{name}/{version}/``
+(``dataset_info.json``, ``features.json``, ``metadata.json`` and one
+``{name}-{split}.array_record-*`` file set per split). Its ``metadata.json`` always holds
+
+  ``name``, ``version``: what the set is;
+  ``content_hash``: sha256 of what was written (the examples, or the source files);
+  ``sources``: absolute paths of the files it was built from (may be empty);
+  ``provenance``: free-form JSON given by the writer (constitution hash, source
+  checkpoint, gin config, ...).
+
+Building is idempotent: a complete set with the same content hash is reused; one with a
+different hash is an error unless ``overwrite=True`` (bump the version to keep both).
+Everything reads without TensorFlow (``tfds.builder_from_directory`` + ``as_data_source``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+_log = logging.getLogger(__name__)
+
+DataSource = Any  # tfds ArrayRecordDataSource: len(), [i], __getitems__
+_METADATA_KEYS = ("name", "version", "content_hash", "sources", "provenance")
+
+
+def _canonical(value: Any) -> Any:
+  """JSON-able, type-tagged form of an example value for hashing."""
+  if isinstance(value, np.ndarray):
+    return {"__nd__": str(value.dtype), "shape": list(value.shape), "v": value.tolist()}
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, bytes):
+    return {"__bytes__": value.hex()}
+  if isinstance(value, Mapping):
+    return {str(k): _canonical(v) for k, v in sorted(value.items())}
+  if isinstance(value, (list, tuple)):
+    return [_canonical(v) for v in value]
+  return value
+
+
+def content_hash(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+  """sha256 over the splits' names and examples, independent of dict key order."""
+  h = hashlib.sha256()
+  for split in sorted(splits):
+    h.update(json.dumps(split).encode())
+    for ex in splits[split]:
+      h.update(json.dumps(_canonical(ex), sort_keys=True).encode())
+      h.update(b"\n")
+  return h.hexdigest()
+
+
+def files_hash(paths: Mapping[str, str]) -> str:
+  """sha256 over ``{split: path}``: split names and file bytes."""
+  h = hashlib.sha256()
+  for split in sorted(paths):
+    h.update(json.dumps(split).encode())
+    with open(paths[split], "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()
+
+
+def make_metadata(name: str, version: str, digest: str, sources: Iterable[str] = (),
+                  provenance: Mapping[str, Any] | None = None) -> tfds.core.MetadataDict:
+  """The metadata every record set carries (see module docstring).
+
+  Raises:
+    ValueError: if ``provenance`` is not JSON-serialisable.
+  """
+  provenance = dict(provenance or {})
+  try:
+    json.dumps(provenance)
+  except TypeError as e:
+    raise ValueError(f"record set {name!r}: provenance must be JSON-serialisable: {e}") from None
+  return tfds.core.MetadataDict(
+      name=name, version=str(version), content_hash=digest,
+      sources=[os.path.abspath(os.fspath(p)) for p in sources], provenance=provenance)
+
+
+def _versions(data_dir: str, name: str) -> list[str]:
+  root = os.path.join(data_dir, name)
+  if not os.path.isdir(root):
+    return []
+  found = [v for v in os.listdir(root)
+           if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+  return sorted(found, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()))
+
+
+def dataset_dir(data_dir: str, name: str, version: str | None = None) -> str:
+  """Folder of a complete record set; ``version=None`` picks the highest one.
+
+  Raises:
+    FileNotFoundError: if no complete set (or not that version) exists.
+  """
+  versions = _versions(os.fspath(data_dir), name)
+  if version is None and versions:
+    version = versions[-1]
+  if version is None or str(version) not in versions:
+    raise FileNotFoundError(
+        f"no record set {name!r} (version {version or 'any'}) under {data_dir!r}; "
+        f"complete versions there: {versions or 'none'}")
+  return os.path.join(os.fspath(data_dir), name, str(version))
+
+
+def read_metadata(data_dir: str, name: str, version: str | None = None) -> dict[str, Any]:
+  """The ``metadata.json`` of a record set (empty dict if it has none)."""
+  path = os.path.join(dataset_dir(data_dir, name, version), "metadata.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_records(data_dir: str, name: str, *, version: str | None = None,
+                 split: str | None = None) -> DataSource | dict[str, DataSource]:
+  """Opens a record set for random access (no TensorFlow, no builder class needed).
+
+  Args:
+    data_dir: the folder holding ``{name}/{version}/``.
+    name: the record set's name.
+    version: a version string; None picks the highest complete one.
+    split: a split (TFDS slicing such as ``"train[:10%]"`` works); None returns all
+      splits as a dict.
+
+  Returns:
+    One data source (``len``, ``[i]``, ``__getitems__``; text comes back as bytes) or
+    ``{split: data source}``.
+  """
+  builder = tfds.builder_from_directory(dataset_dir(data_dir, name, version))
+  if split is not None:
+    return builder.as_data_source(split=split)
+  return builder.as_data_source()
+
+
+def build_or_reuse(make_builder: Callable[[], tfds.core.DatasetBuilder], digest: str, *,
+                   overwrite: bool = False) -> dict[str, DataSource]:
+  """Builds a record set unless an identical one (same content hash) is complete.
+
+  Args:
+    make_builder: returns a fresh builder (``file_format='array_record'``) whose
+      ``info.metadata`` will hold ``content_hash == digest``.
+    digest: content hash of what the builder would write.
+    overwrite: replace a complete set whose content hash differs.
+
+  Returns:
+    ``{split: data source}`` of the (new or reused) set.
+
+  Raises:
+    ValueError: if a complete set with different content exists and not ``overwrite``.
+  """
+  builder = make_builder()
+  path = os.fspath(builder.data_dir)
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    old = dict(builder.info.metadata or {}).get("content_hash")
+    if old == digest:
+      _log.info("record set %s is up to date (content %s); reusing it", path, digest[:12])
+      return builder.as_data_source()
+    if not overwrite:
+      raise ValueError(
+          f"record set {path} exists with different content (hash {str(old)[:12]}, new "
+          f"{digest[:12]}); bump the version or pass overwrite=True to replace it")
+    _log.warning("replacing record set %s (content %s -> %s)", path, str(old)[:12], digest[:12])
+    shutil.rmtree(path)
+    builder = make_builder()
+  builder.download_and_prepare()
+  return builder.as_data_source()
+
+
+def to_text(value: Any) -> str:
+  """A text feature value as ``str`` (TFDS returns bytes)."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
