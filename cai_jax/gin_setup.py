@@ -37,6 +37,8 @@ def register() -> None:
   # Importing a program module registers its gin configurable.
   import cai_jax.pipeline  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.sft  # noqa: F401  pylint: disable=import-outside-toplevel
+  import cai_jax.toyworld.evaluate  # noqa: F401  pylint: disable=import-outside-toplevel
+  import cai_jax.toyworld.phases  # noqa: F401  pylint: disable=import-outside-toplevel
   _registered = True
 
 

@@ -41,6 +41,17 @@ def is_saved_model(path: str) -> bool:
   return os.path.isfile(os.path.join(path, _MODEL_JSON))
 
 
+def update_model_info(path: str, info: dict) -> None:
+  """Adds entries to a saved model's free-form ``info``."""
+  with open(os.path.join(path, _MODEL_JSON), encoding="utf-8") as f:
+    meta = json.load(f)
+  meta["info"].update(info)
+  tmp = os.path.join(path, _MODEL_JSON + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(path, _MODEL_JSON))
+
+
 def read_model_info(path: str) -> tuple[ModelConfig, str, dict]:
   """(config, kind, info) of a saved model, without loading arrays."""
   if not is_saved_model(path):

@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cai_jax import models
+from cai_jax.data.packing import next_token_weights
 from cai_jax.losses.lm import masked_lm_loss
 from cai_jax.sharding import make_mesh, named_sharding
 from cai_jax.train import state as state_lib
@@ -45,13 +46,24 @@ def batch_putter(mesh: Mesh, batch_size: int) -> Callable[[dict], dict]:
 
 
 def lm_loss_fn(graphdef: nnx.GraphDef) -> state_lib.LossFn:
-  """Next-token loss on the tokens whose ``loss_mask`` is 1 (batch: tokens, loss_mask)."""
+  """Next-token loss on the tokens whose ``loss_mask`` is 1.
+
+  The batch holds ``tokens`` and ``loss_mask`` [b, t], and for packed rows also
+  ``segment_ids`` and ``positions`` (attention stays inside each example and no
+  example predicts the first token of the next).
+  """
 
   def loss_fn(params, batch, rng):
     del rng
     tokens = batch["tokens"]
-    logits = models.merge(graphdef, params)(tokens[:, :-1])
-    loss, n = masked_lm_loss(logits, tokens[:, 1:], batch["loss_mask"][:, 1:])
+    kwargs = {}
+    weights = batch["loss_mask"][:, 1:]
+    if "segment_ids" in batch:
+      seg = batch["segment_ids"]
+      kwargs = {"segment_ids_bt": seg[:, :-1], "positions_bt": batch["positions"][:, :-1]}
+      weights = next_token_weights(batch["loss_mask"], seg)
+    logits = models.merge(graphdef, params)(tokens[:, :-1], **kwargs)
+    loss, n = masked_lm_loss(logits, tokens[:, 1:], weights)
     return loss, {"target_tokens": n}
 
   return loss_fn

@@ -19,6 +19,7 @@ import jax
 
 from cai_jax import models
 from cai_jax.data.conversations import batch_dataset, pad_examples, read_conversations
+from cai_jax.data.packing import pack_examples
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model, read_model_info, save_model
 from cai_jax.programs import common
@@ -35,7 +36,7 @@ _log = logging.getLogger(__name__)
 def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = gin.REQUIRED,
         model_config: models.ModelConfig | None = None, init_from: str | None = None,
         seq_len: int = 256, batch_size: int = 32, num_steps: int = 1000, seed: int = 0,
-        loss_on: str = "model", optimizer: Callable = make_optimizer,
+        loss_on: str = "model", pack: bool = True, optimizer: Callable = make_optimizer,
         mesh_shape: tuple[int, int, int] = (-1, 1, 1), ckpt_every: int = 200,
         log_every: int = 10, keep_checkpoints: int = 2) -> str:
   """Trains an LM on a conversations file; returns the saved model folder.
@@ -49,6 +50,8 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
       ``model_config``).
     seq_len, batch_size, num_steps, seed: the schedule.
     loss_on: "model" (model-written turns only) or "all" tokens.
+    pack: pack several conversations per row (segment-masked attention) instead
+      of padding each to ``seq_len``.
     optimizer: ``optimizer(total_steps=...) -> (optax transform, schedule)``.
     mesh_shape: (data, fsdp, tensor) sizes; one may be -1.
     ckpt_every, log_every, keep_checkpoints: checkpoint and logging cadence.
@@ -67,13 +70,21 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
   tok = Tokenizer.load(tokenizer_path)
   convs = read_conversations(train_data)
   encoded = [tok.encode_dialogue(c) for c in convs]
-  arrays = pad_examples([(e.ids, e.loss_mask if loss_on == "model" else [1] * len(e.ids))
-                         for e in encoded], seq_len, tok.pad_id)
-  if arrays.num_truncated:
+  examples = [(e.ids, e.loss_mask if loss_on == "model" else [1] * len(e.ids))
+              for e in encoded]
+  if pack:
+    packed = pack_examples(examples, seq_len, tok.pad_id)
+    arrays, truncated = packed.as_dict(), packed.stats.num_truncated
+    _log.info("sft: packed %d conversations into %d rows of %d (fill %.2f)",
+              len(examples), packed.stats.num_rows, seq_len, packed.stats.fill)
+  else:
+    padded = pad_examples(examples, seq_len, tok.pad_id)
+    arrays = {"tokens": padded.tokens, "loss_mask": padded.loss_mask}
+    truncated = padded.num_truncated
+  if truncated:
     _log.warning("sft: %d of %d conversations were longer than seq_len=%d and truncated",
-                    arrays.num_truncated, len(convs), seq_len)
-  data = batch_dataset({"tokens": arrays.tokens, "loss_mask": arrays.loss_mask},
-                       batch_size=batch_size, seed=seed)
+                 truncated, len(convs), seq_len)
+  data = batch_dataset(arrays, batch_size=batch_size, seed=seed)
   batches = iter(data)
   put_batch = common.batch_putter(mesh, batch_size)
 

@@ -1,0 +1,143 @@
+"""The toy world as pipeline phases: a data source (corpus, tokenizer, prompt sets).
+
+``toy_data`` writes, in its workdir:
+
+* ``corpus.jsonl``: the helpful-only base corpus (``corpus.py``) as conversations;
+* ``tokenizer.model``: a sentencepiece model trained on it;
+* ``red_team.jsonl`` / ``helpful.jsonl``: train-split harmful and benign requests
+  (the prompts the CAI phases use), ``eval.jsonl``: held-out requests with their
+  ground truth (for the evaluator only);
+* ``manifest.json``: the configuration, counts and the constitution hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Callable
+
+import gin
+import sentencepiece as spm
+import tqdm
+
+from cai_jax.constitution import load_constitution, resolve_constitution_path
+from cai_jax.data.conversations import write_conversations
+from cai_jax.data.dialogue import render
+from cai_jax.data.tokenizer import train_tokenizer
+from cai_jax.models.store import is_saved_model, read_model_info, update_model_info
+from cai_jax.toyworld import generator
+from cai_jax.toyworld.corpus import CorpusConfig, build_corpus
+
+_log = logging.getLogger(__name__)
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_repo_path(path: str) -> str | None:
+  """``path`` if it exists (relative to the cwd), else relative to the repository root."""
+  for candidate in (path, os.path.join(_REPO, path)):
+    if os.path.exists(candidate):
+      return os.path.abspath(candidate)
+  return None
+
+
+def _write_requests(path: str, requests) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for i, r in enumerate(requests):
+      f.write(json.dumps({"id": i, "prompt": r.text, **r.to_dict()}) + "\n")
+
+
+def read_requests(path: str) -> list[generator.Request]:
+  """Reads requests written by ``toy_data`` (with their ground truth)."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      row = json.loads(line)
+      row.pop("id", None)
+      row.pop("prompt", None)
+      out.append(generator.Request.from_dict(row))
+  return out
+
+
+@gin.configurable
+def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique: int = 4000,
+             n_comparison: int = 4000, blind_spot: str | None = "privacy",
+             critique_error_rate: float = 0.1, judge_noise: float = 0.1,
+             judge_bias: float = 0.3, cot_fraction: float = 0.3,
+             vocab_size: int = 1536, n_red_team: int = 2000, n_helpful: int = 2000,
+             n_eval: int = 400, constitution_path: str = "constitutions/toy.json") -> str:
+  """Writes the toy world's corpus, tokenizer and prompt sets; returns ``workdir``."""
+  os.makedirs(workdir, exist_ok=True)
+  cfg = CorpusConfig(seed=seed, n_dialogues=n_dialogues, n_critique=n_critique,
+                     n_comparison=n_comparison, blind_spot=blind_spot,
+                     critique_error_rate=critique_error_rate, judge_noise=judge_noise,
+                     judge_bias=judge_bias, cot_fraction=cot_fraction)
+  constitution = load_constitution(resolve_constitution_path(constitution_path))
+  total = n_dialogues + n_critique + n_comparison
+  convs = list(tqdm.tqdm(build_corpus(cfg, constitution), total=total, desc="toy corpus",
+                         unit="conv", mininterval=1.0, disable=None))
+  corpus_path = os.path.join(workdir, "corpus.jsonl")
+  write_conversations(corpus_path, convs)
+  tok = train_tokenizer((render(c) for c in convs), model_prefix=os.path.join(workdir, "tokenizer"),
+                        vocab_size=vocab_size)
+  _write_requests(os.path.join(workdir, "red_team.jsonl"),
+                  generator.make_requests(seed, n_red_team, "train", harmful=True))
+  _write_requests(os.path.join(workdir, "helpful.jsonl"),
+                  generator.make_requests(seed + 1, n_helpful, "train", harmful=False))
+  _write_requests(os.path.join(workdir, "eval.jsonl"),
+                  generator.make_requests(seed, n_eval, "eval", balanced=True))
+  manifest = {"corpus": dataclasses.asdict(cfg), "vocab_size": tok.vocab_size,
+              "constitution": constitution_path,
+              "constitution_hash": constitution.content_hash, "conversations": len(convs),
+              "n_red_team": n_red_team, "n_helpful": n_helpful, "n_eval": n_eval}
+  with open(os.path.join(workdir, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=2)
+  _log.info("toy_data: %d conversations, vocab %d", len(convs), tok.vocab_size)
+  return workdir
+
+
+def _sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _tokenizer_fingerprint(path: str) -> str:
+  sp = spm.SentencePieceProcessor(model_file=path)
+  pieces = "\n".join(sp.id_to_piece(i) for i in range(sp.get_piece_size()))
+  return hashlib.sha256(pieces.encode()).hexdigest()
+
+
+def data_fingerprint(data_dir: str) -> dict[str, str]:
+  """What a base model was trained on: hashes of the corpus and the tokenizer's pieces."""
+  return {"corpus_sha256": _sha256_file(os.path.join(data_dir, "corpus.jsonl")),
+          "tokenizer_sha256": _tokenizer_fingerprint(os.path.join(data_dir, "tokenizer.model"))}
+
+
+@gin.configurable
+def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "data",
+             pretrained: str | None = "checkpoints/toy_base") -> str:
+  """The helpful-only base model: the committed checkpoint if it was trained on exactly
+  this corpus and tokenizer, else trained here with ``train`` (an SFT program).
+
+  Returns the saved model folder (``workdir/model``).
+  """
+  out = os.path.join(workdir, "model")
+  fingerprint = data_fingerprint(data_dir)
+  if pretrained:
+    src = resolve_repo_path(pretrained)
+    if src and is_saved_model(src):
+      info = read_model_info(src)[2]
+      if all(info.get(k) == v for k, v in fingerprint.items()):
+        _log.info("toy_base: using the committed base model %s (same corpus and tokenizer)",
+                  src)
+        shutil.copytree(src, out, dirs_exist_ok=True)
+        return out
+      _log.warning("toy_base: %s was trained on another corpus/tokenizer; training anew", src)
+  out = train(workdir=workdir)
+  update_model_info(out, fingerprint)
+  return out
