@@ -1,0 +1,81 @@
+"""Shape buckets: every jitted sampler function sees a handful of static shapes.
+
+Recompilation is the most common "slow JAX" bug (PERFORMANCE.md §3, item 5). The
+sampler pads the batch, the prompt (or continuation chunk) length and the
+generation budget up to a bucket, so calls with similar sizes reuse one executable.
+Buckets are powers of two with a floor; the batch bucket is also a multiple of the
+mesh's batch-sharding size.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+MIN_BATCH = 1
+MIN_LENGTH = 16
+MIN_STOP = 4
+
+
+def pow2_at_least(n: int, floor: int = 1) -> int:
+  """Smallest power of two >= max(n, floor)."""
+  n = max(int(n), int(floor), 1)
+  return 1 << (n - 1).bit_length()
+
+
+def batch_bucket(n: int, multiple: int = 1) -> int:
+  """Batch size bucket: a power of two, rounded up to a multiple of ``multiple``."""
+  b = pow2_at_least(n, MIN_BATCH)
+  return int(math.ceil(b / multiple) * multiple)
+
+
+def length_bucket(n: int) -> int:
+  """Sequence-length bucket (prompt, continuation chunk, generation budget)."""
+  return pow2_at_least(n, MIN_LENGTH)
+
+
+def cache_bucket(n: int) -> int:
+  """Cache-length bucket: a power of two up to 128, then a multiple of 64.
+
+  Decode attends over every slot, so the cache should not be much longer than
+  what is used; growing conversations move to the next bucket (one copy).
+  """
+  if n <= 128:
+    return pow2_at_least(n, MIN_LENGTH)
+  return int(math.ceil(n / 64) * 64)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], length: int, rows: int,
+             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Right-aligns ragged token lists in a [rows, length] int32 array.
+
+  Left padding puts every row's last token at column ``length - 1``, so the
+  sampler reads logits at one static position.
+
+  Args:
+    seqs: ragged token-id lists; ``len(seqs) <= rows``, each ``len <= length``.
+    length: padded length.
+    rows: padded batch size (extra rows are all padding, length 0).
+    pad_id: filler token id.
+
+  Returns:
+    (tokens [rows, length] int32, lengths [rows] int32).
+  """
+  tokens = np.full((rows, length), pad_id, np.int32)
+  lengths = np.zeros((rows,), np.int32)
+  for i, s in enumerate(seqs):
+    if len(s) > length:
+      raise ValueError(f"sequence {i} has {len(s)} tokens, more than the bucket {length}")
+    if len(s):
+      tokens[i, length - len(s):] = np.asarray(s, np.int32)
+    lengths[i] = len(s)
+  return tokens, lengths
+
+
+def stop_array(stop_tokens: Sequence[int]) -> np.ndarray:
+  """Stop-token ids padded with -1 (never a token) to a bucketed length."""
+  stops = [int(t) for t in stop_tokens]
+  out = np.full((pow2_at_least(len(stops), MIN_STOP),), -1, np.int32)
+  out[:len(stops)] = stops
+  return out

@@ -1,0 +1,202 @@
+"""The jitted sampler core on ``(graphdef, params)``: prefill, extend, decode.
+
+Three programs, each compiled once per shape bucket:
+
+* ``prefill``: a left-padded prompt batch [b, P] -> a fresh decode state with a
+  cache of ``cache_len`` slots (optionally forked ``num_samples`` times) and the
+  logits at the last position only.
+* ``extend``: appends a left-padded chunk [b, T] (plus each row's pending token)
+  to an existing state: the continuation path, no re-prefill of the conversation.
+* ``decode``: the whole sampling loop in one ``lax.while_loop`` that exits as
+  soon as every row has stopped; the state (KV cache) is donated and updated in
+  place.
+
+Run them under ``jax.set_mesh(mesh)`` with sharded params to shard the cache
+(batch over data axes, kv heads over tensor); without a mesh they run on one
+device.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cai_jax.sampling import cache as cache_lib
+from cai_jax.sampling.cache import DecodeState
+from cai_jax.sampling.select import Mode, select
+from cai_jax.sharding.rules import constrain
+
+
+def _last_logits(model, hidden_btd: jax.Array) -> jax.Array:
+  """Logits at the last position only: [b, t, d] -> [b, v] float32."""
+  return constrain(model.logits(hidden_btd[:, -1:])[:, 0], ("batch", "vocab"))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "num_samples"))
+def prefill(graphdef: nnx.GraphDef, params, tokens_bt: jax.Array, lengths_b: jax.Array, *,
+            cache_len: int, num_samples: int = 1) -> tuple[DecodeState, jax.Array]:
+  """Runs the prompts once and builds the decode state.
+
+  Args:
+    graphdef, params: the split model.
+    tokens_bt: [b, P] int32 prompts, left-padded (right-aligned).
+    lengths_b: [b] int32 prompt lengths; 0 marks a batch-padding row.
+    cache_len: S >= P, slots in the cache (prompt + everything generated later).
+    num_samples: n; the state and logits are forked to b * n rows (row-major:
+      prompt i -> rows i*n .. i*n+n-1) after the single prefill.
+
+  Returns:
+    (state with b*n rows, last-position logits [b*n, v] float32).
+  """
+  model = nnx.merge(graphdef, params)
+  cfg = model.cfg
+  b, p = tokens_bt.shape
+  real, positions = cache_lib.chunk_layout(lengths_b, p, jnp.zeros((b,), jnp.int32))
+  causal = jnp.tril(jnp.ones((p, p), bool))[None]
+  mask = causal & real[:, None, :]
+  cache0 = cache_lib.empty_cache(cfg, b, p, cfg.jnp_dtype)
+  hidden, kv = model.hidden(tokens_bt, positions_bt=positions, mask_bts=mask, cache=cache0,
+                            cache_index=0)
+  logits = _last_logits(model, hidden)
+  state = DecodeState(
+      cache=cache_lib.pad_cache(kv, cache_len),
+      valid_bs=jnp.pad(real, ((0, 0), (0, cache_len - p))),
+      pos_b=lengths_b.astype(jnp.int32), slot=jnp.asarray(p, jnp.int32),
+      pending_b=jnp.zeros((b,), jnp.int32), pending_ok_b=jnp.zeros((b,), bool),
+      live_b=lengths_b > 0)
+  state = cache_lib.fork(cache_lib.constrain_state(state), num_samples)
+  if num_samples > 1:
+    logits = jnp.repeat(logits, num_samples, axis=0)
+  return state, logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnums=(2,))
+def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Array,
+           lengths_b: jax.Array) -> tuple[DecodeState, jax.Array]:
+  """Appends text to every row of a state (continuation without re-prefill).
+
+  Each row's pending token (the last sampled one, if it belongs to the sequence)
+  is fed first, then its new tokens.
+
+  Args:
+    graphdef, params: the split model.
+    state: donated; its cache must have ``T`` free slots after ``slot``.
+    extra_bt: [b, T] int32 new tokens, left-padded, with at least one free
+      padding column per row for the pending token (T > max length).
+    lengths_b: [b] int32 number of new tokens per row.
+
+  Returns:
+    (updated state, last-position logits [b, v] float32).
+  """
+  model = nnx.merge(graphdef, params)
+  b, t = extra_bt.shape
+  j = jnp.arange(t, dtype=jnp.int32)[None]
+  pend = state.pending_ok_b
+  start = (t - lengths_b - pend.astype(jnp.int32))[:, None]
+  tokens = jnp.where((j == start) & pend[:, None], state.pending_b[:, None], extra_bt)
+  n_new = lengths_b + pend.astype(jnp.int32)
+  real, positions = cache_lib.chunk_layout(n_new, t, state.pos_b)
+  mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
+  hidden, kv = model.hidden(tokens, positions_bt=positions, mask_bts=mask, cache=state.cache,
+                            cache_index=state.slot)
+  valid = jax.lax.dynamic_update_slice(state.valid_bs, real, (0, state.slot))
+  state = state._replace(cache=kv, valid_bs=valid, pos_b=state.pos_b + n_new,
+                         slot=state.slot + t, pending_ok_b=jnp.zeros_like(pend))
+  return cache_lib.constrain_state(state), _last_logits(model, hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("cache_len",))
+def grow(state: DecodeState, *, cache_len: int) -> DecodeState:
+  """Copies a state into a longer cache (``cache_len`` >= its length) with free slots."""
+  extra = cache_len - state.valid_bs.shape[1]
+  return cache_lib.constrain_state(state._replace(
+      cache=cache_lib.pad_cache(state.cache, cache_len),
+      valid_bs=jnp.pad(state.valid_bs, ((0, 0), (0, extra)))))
+
+
+class DecodeOutput(NamedTuple):
+  """Result of ``decode``.
+
+  Attributes:
+    tokens_bn: [b, N] int32 sampled tokens (0 after a row stopped).
+    logprobs_bn: [b, N] float32 base-model log-probs of them (0 after stop).
+    counts_b: [b] int32 tokens generated per row (stop token included).
+    steps: int32 scalar, loop iterations run (= max over rows of counts).
+    logits_bnv: [b, N, v] float32 per-step logits when ``collect_logits``, else None.
+  """
+
+  tokens_bn: jax.Array
+  logprobs_bn: jax.Array
+  counts_b: jax.Array
+  steps: jax.Array
+  logits_bnv: jax.Array | None
+
+
+def _feed(model, state: DecodeState) -> tuple[DecodeState, jax.Array]:
+  """One decode step: writes every row's pending token at ``slot`` -> logits [b, v]."""
+  valid = jax.lax.dynamic_update_slice(state.valid_bs, state.pending_ok_b[:, None],
+                                       (0, state.slot))
+  hidden, kv = model.hidden(state.pending_b[:, None], positions_bt=state.pos_b[:, None],
+                            mask_bts=valid[:, None, :], cache=state.cache,
+                            cache_index=state.slot)
+  state = state._replace(cache=kv, valid_bs=valid,
+                         pos_b=state.pos_b + state.pending_ok_b.astype(jnp.int32),
+                         slot=state.slot + 1, pending_ok_b=jnp.zeros_like(state.pending_ok_b))
+  return cache_lib.constrain_state(state), _last_logits(model, hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_out", "mode", "collect_logits"),
+                   donate_argnums=(2,))
+def decode(graphdef: nnx.GraphDef, params, state: DecodeState, logits_bv: jax.Array,
+           key: jax.Array, temperature: jax.Array, top_p: jax.Array, stops: jax.Array,
+           max_new: jax.Array, *, num_out: int, mode: Mode,
+           collect_logits: bool = False) -> tuple[DecodeState, DecodeOutput]:
+  """Samples up to ``max_new`` tokens per row inside one ``lax.while_loop``.
+
+  Args:
+    graphdef, params: the split model.
+    state: donated decode state with no pending tokens (fresh from prefill/extend).
+    logits_bv: [b, v] float32 logits for the first new token.
+    key: PRNG key; step i uses ``fold_in(key, i)``.
+    temperature, top_p: float32 scalars (traced: no recompile when they change).
+    stops: [n_stop] int32 stop ids, -1 padded.
+    max_new: int32 scalar, 1 <= max_new <= num_out.
+    num_out: static output buffer length (the generation-length bucket).
+    mode: static sampling choices.
+    collect_logits: also return every step's logits (tests only).
+
+  Returns:
+    (state whose pending tokens are each row's last sampled token, DecodeOutput).
+  """
+  model = nnx.merge(graphdef, params)
+  b, v = logits_bv.shape
+  is_stop = lambda tok: jnp.any(tok[:, None] == stops[None, :], axis=-1)
+
+  def sample(carry, logits):
+    st, toks, lps, counts, step, done, all_logits = carry
+    tok, lp = select(logits, jax.random.fold_in(key, step), temperature, top_p, mode)
+    active = ~done
+    toks = toks.at[:, step].set(jnp.where(active, tok, 0))
+    lps = lps.at[:, step].set(jnp.where(active, lp, 0.0))
+    if collect_logits:
+      all_logits = all_logits.at[:, step].set(logits)
+    st = st._replace(pending_b=tok, pending_ok_b=active)
+    done = done | (active & is_stop(tok)) | (step + 1 >= max_new)
+    return st, toks, lps, counts + active.astype(jnp.int32), step + 1, done, all_logits
+
+  def cond(carry):
+    return jnp.logical_not(jnp.all(carry[5]))
+
+  def body(carry):
+    st, logits = _feed(model, carry[0])
+    return sample((st,) + carry[1:], logits)
+
+  all_logits = jnp.zeros((b, num_out, v), jnp.float32) if collect_logits else None
+  carry = (state, jnp.zeros((b, num_out), jnp.int32), jnp.zeros((b, num_out), jnp.float32),
+           jnp.zeros((b,), jnp.int32), jnp.asarray(0, jnp.int32), ~state.live_b, all_logits)
+  carry = jax.lax.while_loop(cond, body, sample(carry, logits_bv))
+  state, toks, lps, counts, steps, _, all_logits = carry
+  return state, DecodeOutput(toks, lps, counts, steps, all_logits)

@@ -1,0 +1,97 @@
+"""Choosing the next token from last-position logits: greedy, temperature, top-k, top-p.
+
+``Mode`` holds the static choices (they change the program); temperature and
+top-p are traced scalars (changing them never recompiles). The returned
+log-probability is always the base model's (log-softmax of the raw logits),
+before temperature and filtering.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+_NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """Static sampling choices.
+
+  Attributes:
+    greedy: argmax decoding (temperature == 0).
+    top_k: keep the k most likely tokens (0 = off). Static: ``lax.top_k`` needs it.
+    top_p: whether nucleus filtering is on (its threshold is a traced scalar).
+  """
+
+  greedy: bool = True
+  top_k: int = 0
+  top_p: bool = False
+
+
+def make_mode(temperature: float, top_k: int, top_p: float) -> Mode:
+  """Validates user sampling arguments and returns the static part."""
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0, got {top_k}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  if temperature == 0:
+    return Mode(greedy=True)
+  return Mode(greedy=False, top_k=int(top_k), top_p=top_p < 1.0)
+
+
+def filtered_logits(logits_bv: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                    mode: Mode) -> jax.Array:
+  """Temperature-scaled logits with top-k / top-p exclusions set to -inf.
+
+  Args:
+    logits_bv: [b, v] float32 raw logits.
+    temperature: float32 scalar > 0.
+    top_p: float32 scalar in (0, 1]; used when ``mode.top_p``.
+    mode: static choices.
+
+  Returns:
+    [b, v] float32 logits to sample from (softmax of them is the sampling law).
+  """
+  x = logits_bv.astype(jnp.float32) / temperature
+  v = x.shape[-1]
+  k = min(mode.top_k, v) if mode.top_k else 0
+  if not k and not mode.top_p:
+    return x
+  if mode.top_p:
+    sorted_bv = -jnp.sort(-x, axis=-1)                              # descending
+    if k:
+      sorted_bv = jnp.where(jnp.arange(v)[None] < k, sorted_bv, _NEG_INF)
+    probs = jax.nn.softmax(sorted_bv, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs                     # mass strictly above
+    keep = (before < top_p) & (sorted_bv > _NEG_INF)               # always keeps the top-1
+    threshold = jnp.min(jnp.where(keep, sorted_bv, jnp.inf), axis=-1, keepdims=True)
+  else:
+    threshold = jax.lax.top_k(x, k)[0][:, -1:]                      # k-th largest
+  return jnp.where(x >= threshold, x, _NEG_INF)
+
+
+def select(logits_bv: jax.Array, key: jax.Array, temperature: jax.Array, top_p: jax.Array,
+           mode: Mode) -> tuple[jax.Array, jax.Array]:
+  """Picks one token per row.
+
+  Args:
+    logits_bv: [b, v] float32 raw logits at the last position.
+    key: PRNG key for this step (ignored when greedy).
+    temperature, top_p: traced float32 scalars.
+    mode: static choices.
+
+  Returns:
+    (tokens [b] int32, base-model log-probs of those tokens [b] float32).
+  """
+  logits_bv = logits_bv.astype(jnp.float32)
+  logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+  if mode.greedy:
+    tok = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  else:
+    x = filtered_logits(logits_bv, temperature, top_p, mode)
+    tok = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+  return tok, jnp.take_along_axis(logp_bv, tok[:, None], axis=-1)[:, 0]
