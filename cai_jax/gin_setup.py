@@ -50,8 +50,15 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (), *,
   if not _search_path_added and os.path.isdir(GIN_DIR):
     gin.add_config_file_search_path(GIN_DIR)
     _search_path_added = True
-  gin.parse_config_files_and_bindings([_resolve(f) for f in gin_files], list(gin_params),
-                                      finalize_config=finalize)
+  files = [os.path.abspath(_resolve(f)) for f in gin_files]
+  # Parse from inside gin_configs/ so `include 'runs/x.gin'` resolves at the first try
+  # (gin logs an error line for every search-path miss).
+  cwd = os.getcwd()
+  os.chdir(GIN_DIR if os.path.isdir(GIN_DIR) else cwd)
+  try:
+    gin.parse_config_files_and_bindings(files, list(gin_params), finalize_config=finalize)
+  finally:
+    os.chdir(cwd)
 
 
 def _resolve(path: str) -> str:

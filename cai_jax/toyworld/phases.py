@@ -135,7 +135,9 @@ def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "d
       if all(info.get(k) == v for k, v in fingerprint.items()):
         _log.info("toy_base: using the committed base model %s (same corpus and tokenizer)",
                   src)
-        shutil.copytree(src, out, dirs_exist_ok=True)
+        shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.md"))
+        update_model_info(out, {"tokenizer_path": os.path.abspath(
+            os.path.join(data_dir, "tokenizer.model")), "copied_from": src})
         return out
       _log.warning("toy_base: %s was trained on another corpus/tokenizer; training anew", src)
   out = train(workdir=workdir)
