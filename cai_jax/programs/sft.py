@@ -19,7 +19,10 @@ import jax
 
 from cai_jax import models
 from cai_jax.data.conversations import batch_dataset, pad_examples, read_conversations
+from cai_jax.data.dialogue import Turn
+from cai_jax.data.loaders import example_turns
 from cai_jax.data.packing import pack_examples
+from cai_jax.data.records import read_records
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model, read_model_info, save_model
 from cai_jax.programs import common
@@ -30,6 +33,18 @@ from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.optim import make_optimizer
 
 _log = logging.getLogger(__name__)
+
+
+def load_conversations(path: str) -> list[list[Turn]]:
+  """Conversations from a JSONL file or from a record set folder (``DATA_DIR/NAME``)."""
+  if path.endswith(".jsonl"):
+    return read_conversations(path)
+  data_dir, name = os.path.split(os.path.normpath(path))
+  source = read_records(data_dir, name, split="train")
+  convs = [example_turns(source[i]) for i in range(len(source))]
+  if not convs:
+    raise ValueError(f"record set {path} has no conversations")
+  return convs
 
 
 @gin.configurable
@@ -43,7 +58,9 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
 
   Args:
     workdir: output folder: ``checkpoints/``, metrics, and the final ``model/``.
-    train_data: conversations JSONL (see ``cai_jax.data.conversations``).
+    train_data: conversations JSONL (see ``cai_jax.data.conversations``), or a record
+      set folder ``DATA_DIR/NAME`` written by ``cai_jax.data.builders.write_records``
+      with dialogue features (its "train" split is used).
     tokenizer_path: sentencepiece ``.model`` file.
     model_config: architecture when training from scratch.
     init_from: a saved model folder to fine-tune (takes precedence over
@@ -68,7 +85,7 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str = g
 
   # --- Data -------------------------------------------------------------------
   tok = Tokenizer.load(tokenizer_path)
-  convs = read_conversations(train_data)
+  convs = load_conversations(train_data)
   encoded = [tok.encode_dialogue(c) for c in convs]
   examples = [(e.ids, e.loss_mask if loss_on == "model" else [1] * len(e.ids))
               for e in encoded]

@@ -7,7 +7,10 @@
 * ``red_team.jsonl`` / ``helpful.jsonl``: train-split harmful and benign requests
   (the prompts the CAI phases use), ``eval.jsonl``: held-out requests with their
   ground truth (for the evaluator only);
-* ``manifest.json``: the configuration, counts and the constitution hash.
+* ``manifest.json``: the configuration, counts and the constitution hash;
+* ``records/``: the same corpus and prompt sets as versioned ArrayRecord data sets
+  (``toy_corpus``: split train; ``toy_prompts``: splits red_team, helpful, eval), read
+  with ``cai_jax.data.records.read_records`` / grain.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ import tqdm
 
 from cai_jax.constitution import load_constitution, resolve_constitution_path
 from cai_jax.data.conversations import write_conversations
-from cai_jax.data.dialogue import render
+from cai_jax.data.builders import (dialogue_example, dialogue_features, prompt_features,
+                                   write_records)
+from cai_jax.data.dialogue import HUMAN, Turn, render
 from cai_jax.data.tokenizer import train_tokenizer
 from cai_jax.models.store import is_saved_model, read_model_info, update_model_info
 from cai_jax.toyworld import generator
@@ -61,6 +66,26 @@ def read_requests(path: str) -> list[generator.Request]:
   return out
 
 
+def _write_record_sets(workdir: str, convs, constitution_hash: str) -> None:
+  records_dir = os.path.join(workdir, "records")
+  provenance = {"generator": "cai_jax.toyworld", "constitution_hash": constitution_hash}
+  write_records("toy_corpus", {"train": [dialogue_example(c, str(i)) for i, c in
+                                         enumerate(convs)]},
+                dialogue_features(), records_dir, provenance=provenance, overwrite=True)
+  splits = {}
+  for split in ("red_team", "helpful", "eval"):
+    splits[split] = [{"id": str(r.get("id")), "prompt": render([Turn(HUMAN, r["prompt"])]),
+                      "category": r["category"]}
+                     for r in _read_rows(os.path.join(workdir, f"{split}.jsonl"))]
+  write_records("toy_prompts", splits, prompt_features(), records_dir, provenance=provenance,
+                overwrite=True)
+
+
+def _read_rows(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
 @gin.configurable
 def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique: int = 4000,
              n_comparison: int = 4000, blind_spot: str | None = "privacy",
@@ -88,6 +113,7 @@ def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique
                   generator.make_requests(seed + 1, n_helpful, "train", harmful=False))
   _write_requests(os.path.join(workdir, "eval.jsonl"),
                   generator.make_requests(seed, n_eval, "eval", balanced=True))
+  _write_record_sets(workdir, convs, constitution.content_hash)
   manifest = {"corpus": dataclasses.asdict(cfg), "vocab_size": tok.vocab_size,
               "constitution": constitution_path,
               "constitution_hash": constitution.content_hash, "conversations": len(convs),
