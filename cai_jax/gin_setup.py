@@ -36,7 +36,9 @@ def register() -> None:
   gin.external_configurable(optim.make_optimizer, "make_optimizer")
   # Importing a program module registers its gin configurable.
   import cai_jax.pipeline  # noqa: F401  pylint: disable=import-outside-toplevel
+  import cai_jax.programs.dpo  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.generate_sl  # noqa: F401  pylint: disable=import-outside-toplevel
+  import cai_jax.programs.preference_model  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.sft  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.toyworld.evaluate  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.toyworld.phases  # noqa: F401  pylint: disable=import-outside-toplevel

@@ -93,3 +93,39 @@ def mark_done(workdir: str, text: str = "") -> None:
 
 def is_done(workdir: str) -> bool:
   return os.path.isfile(os.path.join(workdir, DONE_FILE))
+
+
+def preference_source(path: str, build_dir: str, split: str = "train") -> Any:
+  """Preference pairs (``builders.preference_features``) for a program to read.
+
+  Args:
+    path: a chosen/rejected JSONL file (built into a record set under ``build_dir``),
+      or a record set folder ``DATA_DIR/NAME`` written by ``build_preference_pairs``
+      or the labeling program.
+    build_dir: where a JSONL file is built (one folder per file: the set's name is
+      fixed, so two different files cannot share a folder).
+    split: the split to read from a record set (a JSONL file is built as this split).
+
+  Returns:
+    A random-access data source of pair records.
+  """
+  # pylint: disable=import-outside-toplevel
+  from cai_jax.data.builders import build_preference_pairs
+  from cai_jax.data.records import read_records
+  if path.endswith(".jsonl"):
+    return build_preference_pairs({split: path}, build_dir)[split]
+  data_dir, name = os.path.split(os.path.normpath(path))
+  return read_records(data_dir, name, split=split)
+
+
+def flatten_pairs(x: jax.Array) -> jax.Array:
+  """[B, 2, ...] -> [2B, ...] (row 2i is pair i's first response, 2i + 1 its second).
+
+  Only for a model forward; results go back through ``unflatten_pairs`` at once.
+  """
+  return x.reshape((x.shape[0] * 2,) + x.shape[2:])
+
+
+def unflatten_pairs(x: jax.Array) -> jax.Array:
+  """[2B, ...] -> [B, 2, ...], the inverse of ``flatten_pairs``."""
+  return x.reshape((x.shape[0] // 2, 2) + x.shape[1:])
