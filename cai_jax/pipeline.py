@@ -42,17 +42,19 @@ def _cwd(path: str):
 
 @gin.configurable
 def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
-             only: tuple[str, ...] = ()) -> dict[str, float]:
+             only: tuple[str, ...] = (), always_run: tuple[str, ...] = ()
+             ) -> dict[str, float]:
   """Runs ``phases`` in order under ``workdir``; returns {phase: seconds}.
 
   Args:
     workdir: the experiment root.
     phases: ordered {name: program}; names must be valid folder names.
     only: if non-empty, run just these phases (their inputs must exist).
+    always_run: phases run even when complete (cheap summaries such as a report).
   """
   root = os.path.abspath(workdir)
   os.makedirs(root, exist_ok=True)
-  unknown = set(only) - set(phases)
+  unknown = (set(only) | set(always_run)) - set(phases)
   if unknown:
     raise ValueError(f"pipeline.only names unknown phases {sorted(unknown)}; "
                      f"phases are {list(phases)}")
@@ -65,7 +67,7 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
         continue
       phase_dir = os.path.join(root, name)
       banner = f"[{i + 1}/{len(phases)}] {name}"
-      if common.is_done(phase_dir):
+      if common.is_done(phase_dir) and name not in always_run:
         print(f"{banner}: complete, skipped", flush=True)
         continue
       print(f"{banner}: running", flush=True)

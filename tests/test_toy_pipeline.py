@@ -1,6 +1,6 @@
 """The toy-world experiment end to end through the binary, on a shortened schedule:
-data -> base model trained from scratch (loss falls) -> evaluation -> report; then a
-rerun skips every finished phase."""
+data -> base model trained from scratch (loss falls) -> evaluation -> SL-CAI data,
+SFT and evaluation -> report; then a rerun skips every finished phase."""
 import json
 import os
 import subprocess
@@ -19,6 +19,10 @@ SMALL = [
     "ModelConfig.n_layers=2", "ModelConfig.d_ff=96", "toy_base.pretrained=None",
     "base/sft.num_steps=40", "base/make_optimizer.warmup_steps=5", "base/sft.batch_size=8", "base/sft.seq_len=256",
     "base/sft.ckpt_every=15", "base/sft.log_every=5", "base/toy_eval.max_new_tokens=24",
+    "generate_sl.max_new_tokens=12", "generate_sl.shard_size=8", "generate_sl.batch_size=8",
+    "sl/generate_sl.num_rounds=2", "sl_conversations.skip_malformed=False",
+    "sl/sft.num_steps=6", "sl/sft.batch_size=4", "sl/sft.seq_len=96", "sl/sft.ckpt_every=3",
+    "sl/toy_eval.max_new_tokens=16",
 ]
 
 
@@ -38,9 +42,11 @@ def test_toy_world_pipeline_end_to_end(tmp_path):
   assert rows[-1]["loss"] < 0.85 * rows[0]["loss"], [x["loss"] for x in rows]
   results = json.loads((tmp_path / "exp" / "eval_base" / "results.json").read_text())
   assert results["n_harmful"] + results["n_benign"] == 24
-  assert "| base |" in r.stdout  # the report table is printed
+  assert "| base |" in r.stdout and "| SL-CAI |" in r.stdout  # the report is printed
+  sl = json.loads((tmp_path / "exp" / "eval_sl_cai" / "results.json").read_text())
+  assert sl["n_harmful"] + sl["n_benign"] == 24
   info = json.loads((tmp_path / "exp" / "base" / "model" / "model.json").read_text())["info"]
   assert len(info["corpus_sha256"]) == 64  # the data fingerprint is recorded
   again = _run(tmp_path / "exp")
   assert again.returncode == 0
-  assert again.stdout.count("complete, skipped") == 4
+  assert again.stdout.count("complete, skipped") == 8  # all but the report
