@@ -58,14 +58,25 @@ def content_hash(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
   return h.hexdigest()
 
 
+def _update_with_file(h, path: str) -> None:
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of one file's bytes."""
+  h = hashlib.sha256()
+  _update_with_file(h, path)
+  return h.hexdigest()
+
+
 def files_hash(paths: Mapping[str, str]) -> str:
   """sha256 over ``{split: path}``: split names and file bytes."""
   h = hashlib.sha256()
   for split in sorted(paths):
     h.update(json.dumps(split).encode())
-    with open(paths[split], "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
+    _update_with_file(h, paths[split])
   return h.hexdigest()
 
 

@@ -40,7 +40,7 @@ from cai_jax import constitution as cc
 from cai_jax.data.builders import write_records
 from cai_jax.data.conversations import read_conversations, write_conversations
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, parse_hh, render
-from cai_jax.data.records import read_records, to_text
+from cai_jax.data.records import read_records, sha256_file, to_text
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model
 from cai_jax.programs import common
@@ -88,14 +88,6 @@ def read_prompts(path: str) -> list[tuple[str, tuple[Turn, ...]]]:
   if not out:
     raise ValueError(f"{path}: no prompts")
   return out
-
-
-def _sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def _call_seed(*parts: Any) -> int:
@@ -275,7 +267,7 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
   prompts = read_prompts(prompts_path)[:max_prompts]
   shard_dir = os.path.join(workdir, SHARDS_DIR)
   os.makedirs(shard_dir, exist_ok=True)
-  spec = {"model_dir": os.path.abspath(model_dir), "prompts_sha256": _sha256_file(prompts_path),
+  spec = {"model_dir": os.path.abspath(model_dir), "prompts_sha256": sha256_file(prompts_path),
           "num_prompts": len(prompts), "constitution_hash": const.content_hash,
           "num_rounds": num_rounds, "direct_revision": direct_revision,
           "exemplars": exemplars, "max_new_tokens": max_new_tokens,

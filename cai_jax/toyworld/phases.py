@@ -31,6 +31,7 @@ from cai_jax.data.conversations import write_conversations
 from cai_jax.data.builders import (dialogue_example, dialogue_features, prompt_features,
                                    write_records)
 from cai_jax.data.dialogue import HUMAN, Turn, render
+from cai_jax.data.records import sha256_file
 from cai_jax.data.tokenizer import train_tokenizer
 from cai_jax.models.store import is_saved_model, read_model_info, update_model_info
 from cai_jax.toyworld import generator
@@ -124,14 +125,6 @@ def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique
   return workdir
 
 
-def _sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _tokenizer_fingerprint(path: str) -> str:
   sp = spm.SentencePieceProcessor(model_file=path)
   pieces = "\n".join(sp.id_to_piece(i) for i in range(sp.get_piece_size()))
@@ -140,7 +133,7 @@ def _tokenizer_fingerprint(path: str) -> str:
 
 def data_fingerprint(data_dir: str) -> dict[str, str]:
   """What a base model was trained on: hashes of the corpus and the tokenizer's pieces."""
-  return {"corpus_sha256": _sha256_file(os.path.join(data_dir, "corpus.jsonl")),
+  return {"corpus_sha256": sha256_file(os.path.join(data_dir, "corpus.jsonl")),
           "tokenizer_sha256": _tokenizer_fingerprint(os.path.join(data_dir, "tokenizer.model"))}
 
 
