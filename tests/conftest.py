@@ -30,3 +30,30 @@ def n_devices():
   n = len(jax.devices())
   assert n == 8, f"tests expect 8 fake CPU devices, got {n}"
   return n
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, timeout=300):
+  """Runs ``python -m cai_jax.main`` in a subprocess (own device count, no compile cache).
+
+  ``fault_after`` makes the training loop die abruptly after that step (resume tests).
+  """
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env.pop("CAI_JAX_FAULT_EXIT_AFTER_STEP", None)
+  if fault_after:
+    env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
+  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache="]
+  cmd += [f"--gin_file={f}" for f in gin_files] + [f"--gin_param={p}" for p in gin_params]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_main():
+  """The binary as a function: ``run_main(workdir, gin_files, gin_params, ...)``."""
+  return _run_main

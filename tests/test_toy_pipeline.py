@@ -2,15 +2,11 @@
 data -> base model trained from scratch (loss falls) -> evaluation -> SL-CAI data,
 SFT and evaluation -> report; then a rerun skips every finished phase."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from cai_jax.train.metrics import read_jsonl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL = [
     "toy_data.n_dialogues=300", "toy_data.n_critique=150", "toy_data.n_comparison=150",
@@ -26,17 +22,13 @@ SMALL = [
 ]
 
 
-def _run(workdir):
-  cmd = [sys.executable, "-m", "cai_jax.main", "--gin_file=experiments/toy_world.gin",
-         f"--workdir={workdir}", "--compilation_cache="]
-  cmd += [f"--gin_param={p}" for p in SMALL]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def _run(run_main, workdir):
+  return run_main(workdir, ["experiments/toy_world.gin"], SMALL, devices=1, timeout=600)
 
 
 @pytest.mark.slow
-def test_toy_world_pipeline_end_to_end(tmp_path):
-  r = _run(tmp_path / "exp")
+def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
+  r = _run(run_main, tmp_path / "exp")
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
   rows = read_jsonl(str(tmp_path / "exp" / "base" / "metrics.jsonl"))
   assert rows[-1]["loss"] < 0.85 * rows[0]["loss"], [x["loss"] for x in rows]
@@ -47,6 +39,6 @@ def test_toy_world_pipeline_end_to_end(tmp_path):
   assert sl["n_harmful"] + sl["n_benign"] == 24
   info = json.loads((tmp_path / "exp" / "base" / "model" / "model.json").read_text())["info"]
   assert len(info["corpus_sha256"]) == 64  # the data fingerprint is recorded
-  again = _run(tmp_path / "exp")
+  again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0
   assert again.stdout.count("complete, skipped") == 8  # all but the report

@@ -3,10 +3,7 @@ binary it raises the policy's log-prob of chosen over rejected relative to the f
 reference, and resumes after an abrupt death to exactly the parameters of an
 uninterrupted run."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -20,7 +17,6 @@ from cai_jax.models.store import load_model, read_model_info, save_model
 from cai_jax.programs.dpo import dpo_loss_fn, pair_logprobs
 from cai_jax.train.metrics import read_jsonl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
 GOOD, BAD = "thank you kindly", "go away now"
 
@@ -71,25 +67,17 @@ def test_soft_label_is_the_target(dpo_inputs):
   np.testing.assert_allclose(loss(batch), loss(swapped), rtol=1e-5)
 
 
-def _run(workdir, d, *, fault_after=None, steps=20):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env.pop("CAI_JAX_FAULT_EXIT_AFTER_STEP", None)
-  if fault_after:
-    env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
-  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache=",
-         "--gin_file=runs/dpo.gin", f"--gin_param=dpo.train_data='{d / 'train.jsonl'}'",
-         f"--gin_param=dpo.init_from='{d / 'lm'}'", f"--gin_param=dpo.num_steps={steps}",
-         "--gin_param=dpo.batch_size=8", "--gin_param=dpo.seq_len=48",
-         "--gin_param=dpo.ckpt_every=5", "--gin_param=dpo.log_every=5",
-         "--gin_param=make_optimizer.warmup_steps=2",
-         "--gin_param=make_optimizer.learning_rate=3e-3"]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def _run(run_main, workdir, d, *, fault_after=None, steps=20):
+  return run_main(workdir, ["runs/dpo.gin"], [
+      f"dpo.train_data='{d / 'train.jsonl'}'", f"dpo.init_from='{d / 'lm'}'",
+      f"dpo.num_steps={steps}", "dpo.batch_size=8", "dpo.seq_len=48", "dpo.ckpt_every=5",
+      "dpo.log_every=5", "make_optimizer.warmup_steps=2", "make_optimizer.learning_rate=3e-3",
+  ], fault_after=fault_after)
 
 
-def test_dpo_binary_learns_and_resumes_to_identical_params(dpo_inputs, tmp_path):
+def test_dpo_binary_learns_and_resumes_to_identical_params(run_main, dpo_inputs, tmp_path):
   d, _ = dpo_inputs
-  ref = _run(tmp_path / "ref", d)
+  ref = _run(run_main, tmp_path / "ref", d)
   assert ref.returncode == 0, ref.stderr[-3000:]
   rows = read_jsonl(str(tmp_path / "ref" / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [5, 10, 15, 20]
@@ -102,9 +90,9 @@ def test_dpo_binary_learns_and_resumes_to_identical_params(dpo_inputs, tmp_path)
   gap = lambda r, who: r[f"logps/{who}_chosen"] - r[f"logps/{who}_rejected"]
   assert gap(rows[-1], "policy") - gap(rows[-1], "reference") > 1.0
 
-  died = _run(tmp_path / "resumed", d, fault_after=13)
+  died = _run(run_main, tmp_path / "resumed", d, fault_after=13)
   assert died.returncode == 17, died.stderr[-3000:]
-  again = _run(tmp_path / "resumed", d)
+  again = _run(run_main, tmp_path / "resumed", d)
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"resumed from step (5|10)\b", again.stderr), again.stderr[-4000:]
   _, _, p_ref, info = load_model(str(tmp_path / "ref" / "model"))

@@ -2,10 +2,7 @@
 and through the binary it learns a feature of the chosen responses, evaluates, and
 resumes after an abrupt death to exactly the parameters of an uninterrupted run."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,7 +16,6 @@ from cai_jax.models.store import load_model, read_model_info, save_model
 from cai_jax.programs.preference_model import pm_loss_fn
 from cai_jax.train.metrics import read_jsonl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
 GOOD, BAD = "thank you kindly", "go away now"
 
@@ -76,29 +72,21 @@ def test_soft_label_is_the_target(pair_inputs):
   np.testing.assert_allclose(loss(batch), loss(swapped), rtol=1e-5)
 
 
-def _run(workdir, d, *, fault_after=None, steps=30):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env.pop("CAI_JAX_FAULT_EXIT_AFTER_STEP", None)
-  if fault_after:
-    env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
-  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache=",
-         "--gin_file=runs/preference_model.gin",
-         f"--gin_param=preference_model.train_data='{d / 'train.jsonl'}'",
-         f"--gin_param=preference_model.eval_data='{d / 'eval.jsonl'}'",
-         f"--gin_param=preference_model.init_from='{d / 'lm'}'",
-         f"--gin_param=preference_model.num_steps={steps}",
-         "--gin_param=preference_model.batch_size=8", "--gin_param=preference_model.seq_len=48",
-         "--gin_param=preference_model.ckpt_every=5", "--gin_param=preference_model.log_every=5",
-         "--gin_param=preference_model.eval_every=15",
-         "--gin_param=make_optimizer.warmup_steps=2",
-         "--gin_param=make_optimizer.learning_rate=3e-3"]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def _run(run_main, workdir, d, *, fault_after=None, steps=30):
+  return run_main(workdir, ["runs/preference_model.gin"], [
+      f"preference_model.train_data='{d / 'train.jsonl'}'",
+      f"preference_model.eval_data='{d / 'eval.jsonl'}'",
+      f"preference_model.init_from='{d / 'lm'}'", f"preference_model.num_steps={steps}",
+      "preference_model.batch_size=8", "preference_model.seq_len=48",
+      "preference_model.ckpt_every=5", "preference_model.log_every=5",
+      "preference_model.eval_every=15", "make_optimizer.warmup_steps=2",
+      "make_optimizer.learning_rate=3e-3",
+  ], fault_after=fault_after)
 
 
-def test_pm_binary_learns_and_resumes_to_identical_params(pair_inputs, tmp_path):
+def test_pm_binary_learns_and_resumes_to_identical_params(run_main, pair_inputs, tmp_path):
   d, _ = pair_inputs
-  ref = _run(tmp_path / "ref", d)
+  ref = _run(run_main, tmp_path / "ref", d)
   assert ref.returncode == 0, ref.stderr[-3000:]
   rows = read_jsonl(str(tmp_path / "ref" / "metrics.jsonl"))
   train = [r for r in rows if "loss" in r]
@@ -114,9 +102,9 @@ def test_pm_binary_learns_and_resumes_to_identical_params(pair_inputs, tmp_path)
   assert evals[-1]["eval/preference/accuracy"] > 0.8 and evals[-1]["eval/pairs"] == 32
   assert 0.0 <= evals[-1]["eval/preference/ece"] <= 1.0
 
-  died = _run(tmp_path / "resumed", d, fault_after=22)
+  died = _run(run_main, tmp_path / "resumed", d, fault_after=22)
   assert died.returncode == 17, died.stderr[-3000:]
-  again = _run(tmp_path / "resumed", d)
+  again = _run(run_main, tmp_path / "resumed", d)
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"resumed from step (15|20)\b", again.stderr), again.stderr[-4000:]
   _, _, p_ref, info = load_model(str(tmp_path / "ref" / "model"))

@@ -2,8 +2,6 @@
 after an abrupt death to exactly the parameters of an uninterrupted run."""
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,7 +13,6 @@ from cai_jax.data.tokenizer import train_tokenizer
 from cai_jax.models.store import load_model
 from cai_jax.train.metrics import read_jsonl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
 
 
@@ -34,32 +31,23 @@ def sft_inputs(tmp_path_factory):
   return data, tok.path
 
 
-def _run(workdir, data, tok, *, fault_after=None, steps=8):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env.pop("CAI_JAX_FAULT_EXIT_AFTER_STEP", None)
-  if fault_after:
-    env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
-  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache=",
-         "--gin_file=runs/sft.gin", "--gin_file=models/toy_xs.gin",
-         "--gin_param=sft.model_config=@ModelConfig()", "--gin_param=ModelConfig.vocab_size=320",
-         "--gin_param=ModelConfig.d_model=32", "--gin_param=ModelConfig.d_ff=64",
-         f"--gin_param=sft.train_data='{data}'", f"--gin_param=sft.tokenizer_path='{tok}'",
-         f"--gin_param=sft.num_steps={steps}", "--gin_param=sft.batch_size=8",
-         "--gin_param=sft.seq_len=40", "--gin_param=sft.ckpt_every=3",
-         "--gin_param=sft.log_every=2", "--gin_param=make_optimizer.warmup_steps=2",
-         "--gin_param=make_optimizer.learning_rate=3e-3"]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def _run(run_main, workdir, data, tok, *, fault_after=None, steps=8):
+  return run_main(workdir, ["runs/sft.gin", "models/toy_xs.gin"], [
+      "sft.model_config=@ModelConfig()", "ModelConfig.vocab_size=320", "ModelConfig.d_model=32",
+      "ModelConfig.d_ff=64", f"sft.train_data='{data}'", f"sft.tokenizer_path='{tok}'",
+      f"sft.num_steps={steps}", "sft.batch_size=8", "sft.seq_len=40", "sft.ckpt_every=3",
+      "sft.log_every=2", "make_optimizer.warmup_steps=2", "make_optimizer.learning_rate=3e-3",
+  ], fault_after=fault_after)
 
 
-def test_sft_binary_resumes_to_identical_params(sft_inputs, tmp_path):
+def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path):
   data, tok = sft_inputs
-  ref = _run(tmp_path / "ref", data, tok)
+  ref = _run(run_main, tmp_path / "ref", data, tok)
   assert ref.returncode == 0, ref.stderr[-3000:]
-  died = _run(tmp_path / "resumed", data, tok, fault_after=7)
+  died = _run(run_main, tmp_path / "resumed", data, tok, fault_after=7)
   assert died.returncode == 17, died.stderr[-3000:]
   assert not os.path.exists(tmp_path / "resumed" / "model" / "model.json")
-  again = _run(tmp_path / "resumed", data, tok)
+  again = _run(run_main, tmp_path / "resumed", data, tok)
   assert again.returncode == 0, again.stderr[-3000:]
   # the loop dies right after step 7, maybe while the step-6 save is in flight; an
   # unfinished save is discarded, so the run resumes from step 6 or, failing that, 3
@@ -79,5 +67,5 @@ def test_sft_binary_resumes_to_identical_params(sft_inputs, tmp_path):
   assert rows[-1]["loss"] < rows[0]["loss"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "ref"))
   # a finished run is skipped when started again
-  skip = _run(tmp_path / "ref", data, tok)
+  skip = _run(run_main, tmp_path / "ref", data, tok)
   assert skip.returncode == 0 and "is complete, skipping" in skip.stderr
