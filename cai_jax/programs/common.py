@@ -1,9 +1,11 @@
 """Pieces every training program shares: batch placement, the LM loss step, resume."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -20,6 +22,7 @@ from cai_jax.train import state as state_lib
 _log = logging.getLogger(__name__)
 
 DONE_FILE = "DONE"
+SPEC_FILE = "spec.json"
 
 
 def build_mesh(shape: tuple[int, int, int]) -> Mesh:
@@ -129,3 +132,33 @@ def flatten_pairs(x: jax.Array) -> jax.Array:
 def unflatten_pairs(x: jax.Array) -> jax.Array:
   """[2B, ...] -> [B, 2, ...], the inverse of ``flatten_pairs``."""
   return x.reshape((x.shape[0] // 2, 2) + x.shape[1:])
+
+
+def call_seed(*parts: Any) -> int:
+  """A 31-bit sampler seed as a pure function of ``parts`` (stable across reruns)."""
+  key = "/".join(map(str, parts)).encode()
+  return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def write_jsonl_atomic(path: str, rows: Sequence[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def check_spec(shard_dir: str, spec: dict) -> None:
+  """Writes the run spec, or checks that existing shards were made with the same one."""
+  path = os.path.join(shard_dir, SPEC_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    if old != spec:
+      diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
+      raise ValueError(f"{shard_dir} holds shards of another configuration (differs in "
+                       f"{diff}); use a new workdir or delete the shards")
+    return
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(spec, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)

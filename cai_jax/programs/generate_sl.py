@@ -24,7 +24,6 @@ Assistant final revision), mixed with helpfulness conversations.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,6 @@ _log = logging.getLogger(__name__)
 
 DATASET_NAME = "sl_data"
 SHARDS_DIR = "shards"
-SPEC_FILE = "spec.json"
 
 
 def sl_features() -> tfds.features.FeaturesDict:
@@ -88,12 +86,6 @@ def read_prompts(path: str) -> list[tuple[str, tuple[Turn, ...]]]:
   if not out:
     raise ValueError(f"{path}: no prompts")
   return out
-
-
-def _call_seed(*parts: Any) -> int:
-  """A 31-bit sampler seed as a pure function of ``parts`` (stable across reruns)."""
-  key = "/".join(map(str, parts)).encode()
-  return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
 
 
 @dataclasses.dataclass
@@ -164,7 +156,7 @@ def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[i
   fresh = [i for i, ok in enumerate(live) if not ok]
   if fresh:
     whole = len(fresh) == len(chains)   # a full restart keeps the new cache
-    out = sampler.generate([targets[i] for i in fresh], seed=_call_seed(seed, "fresh"),
+    out = sampler.generate([targets[i] for i in fresh], seed=common.call_seed(seed, "fresh"),
                            keep_state=whole and prefix_reuse, **kw)
     conv = out.conversation if whole else conv
     for j, i in enumerate(fresh):
@@ -185,7 +177,7 @@ def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
     planned = s == 0 or (s == 1 and bool(exemplars))   # exemplars precede turn 1 on
     tokens, conv = _run_step(sampler, conv, chains, targets, eos=tok.eos_id,
                              planned_fresh=planned, prefix_reuse=prefix_reuse,
-                             seed=_call_seed(seed, s), **kw)
+                             seed=common.call_seed(seed, s), **kw)
     name = kind if kind == "initial" else f"{kind}.{rnd}"
     for c, p, t in zip(chains, prompts, tokens):
       text = tok.decode_body(t).strip()
@@ -198,30 +190,6 @@ def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
         c.flags.append(f"{name}:empty")
     total += sum(map(len, tokens))
   return total
-
-
-def _write_json_atomic(path: str, rows: Sequence[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
-def _check_spec(shard_dir: str, spec: dict) -> None:
-  """Writes the run spec, or checks that existing shards were made with the same one."""
-  path = os.path.join(shard_dir, SPEC_FILE)
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      old = json.load(f)
-    if old != spec:
-      diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
-      raise ValueError(f"{shard_dir} holds shards of another configuration (differs in "
-                       f"{diff}); use a new workdir or delete the shards")
-    return
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(spec, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
 
 
 @gin.configurable
@@ -273,7 +241,7 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
           "exemplars": exemplars, "max_new_tokens": max_new_tokens,
           "temperature": temperature, "top_p": top_p, "seed": seed,
           "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse}
-  _check_spec(shard_dir, spec)
+  common.check_spec(shard_dir, spec)
   num_shards = -(-len(prompts) // shard_size)
   shard_path = lambda s: os.path.join(shard_dir, f"shard_{s:05d}.jsonl")  # noqa: E731
   todo = [s for s in range(num_shards) if not os.path.isfile(shard_path(s))]
@@ -307,11 +275,11 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
       batch = chains[b:b + batch_size]
       new_tokens += _generate_batch(sampler, tok, batch, num_rounds=num_rounds,
                                     direct=direct_revision, exemplars=ex,
-                                    prefix_reuse=prefix_reuse, seed=_call_seed(seed, s, b),
+                                    prefix_reuse=prefix_reuse, seed=common.call_seed(seed, s, b),
                                     **kw)
       bar.update(len(batch))
       bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
-    _write_json_atomic(shard_path(s), [c.example(render(c.request), num_rounds,
+    common.write_jsonl_atomic(shard_path(s), [c.example(render(c.request), num_rounds,
                                                  direct_revision) for c in chains])
   bar.close()
 

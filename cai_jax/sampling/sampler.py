@@ -139,8 +139,9 @@ class Sampler:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     p_len = buckets.length_bucket(max(len(p) for p in prompts))
     mult = self._batch_multiple()
-    # The forked batch (prompts * n) must divide over the mesh; pad prompts so it does.
-    batch_prompts = buckets.batch_bucket(len(prompts), max(1, mult // num_samples))
+    # The prompt batch (sharded at prefill) and so the forked batch (prompts * n) must
+    # divide over the mesh; pad prompts so they do.
+    batch_prompts = buckets.batch_bucket(len(prompts), mult)
     cache_len = buckets.cache_bucket(max(cache_len or 0, p_len + max(min_free, 1)))
     tokens, lengths = buckets.left_pad(prompts, p_len, batch_prompts)
     state, logits = self._run(engine.prefill, self.graphdef, self.params,
