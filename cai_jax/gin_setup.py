@@ -38,6 +38,8 @@ def register() -> None:
   import cai_jax.pipeline  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.dpo  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.generate_sl  # noqa: F401  pylint: disable=import-outside-toplevel
+  import cai_jax.programs.label_preferences  # noqa: F401  pylint: disable=import-outside-toplevel
+  import cai_jax.programs.ppo  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.preference_model  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.programs.sft  # noqa: F401  pylint: disable=import-outside-toplevel
   import cai_jax.toyworld.evaluate  # noqa: F401  pylint: disable=import-outside-toplevel

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+from typing import Callable
 
 import gin
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 from cai_jax import models
 from cai_jax.constitution import (comparison_prompt, critique_prompt, initial_prompt,
                                   load_constitution, resolve_constitution_path)
+from cai_jax.data.dialogue import parse_hh
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model
 from cai_jax.sampling import Sampler
@@ -225,3 +227,176 @@ def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED) -> str:
     json.dump(rows, f, indent=2)
   print("\n" + table, flush=True)
   return table
+
+
+# --- RL-CAI: label accuracy, the PPO probe, the over-optimisation plot ------------------
+
+
+def _request_of(prompt_text: str, by_text: dict) -> generator.Request | None:
+  turns = parse_hh(prompt_text)
+  return by_text.get(turns[0].text.strip()) if turns else None
+
+
+@gin.configurable
+def toy_label_eval(workdir: str, *, label_dir: str = gin.REQUIRED,
+                   data_dir: str = "data") -> dict:
+  """How often the AI labels agree with the oracle, on pairs whose oracle utilities differ.
+
+  Reads the labeling program's ``pref_data`` (both splits), finds each AI pair's request
+  in ``red_team.jsonl`` and scores both answers with the oracle (``Verdict.utility``).
+  Reports accuracy (label picks the higher-utility answer), the mean label confidence, and
+  accuracy on confident (p_chosen >= 0.6) labels; the blind-spot category separately.
+  """
+  # pylint: disable=import-outside-toplevel
+  from cai_jax.programs.label_preferences import read_pref_data
+  with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
+    blind_spot = json.load(f)["corpus"]["blind_spot"]
+  by_text = {r.text.strip(): r for r in read_requests(os.path.join(data_dir, "red_team.jsonl"))}
+  rows = []
+  for split in ("train", "eval"):
+    try:
+      rows += read_pref_data(label_dir, split)
+    except Exception:  # pylint: disable=broad-except  # a set without an eval split
+      continue
+  right, conf, blind, n_tied, n_ai = [], [], [], 0, 0
+  for r in rows:
+    if r["source"] != "ai":
+      continue
+    n_ai += 1
+    req = _request_of(r["prompt"], by_text)
+    if req is None:
+      continue
+    uc, ur = oracle.score(req, r["chosen"]).utility, oracle.score(req, r["rejected"]).utility
+    if uc == ur:
+      n_tied += 1
+      continue
+    right.append(uc > ur)
+    conf.append(float(r["p_chosen"]))
+    blind.append(req.category == blind_spot)
+  right_a, conf_a, blind_a = np.array(right), np.array(conf), np.array(blind, bool)
+  out = {"ai_pairs": n_ai, "oracle_ties": n_tied, "decided_pairs": len(right),
+         "label_accuracy": _mean_where(right_a, np.ones_like(blind_a)),
+         "label_accuracy_blind_spot": _mean_where(right_a, blind_a),
+         "label_accuracy_other": _mean_where(right_a, ~blind_a),
+         "mean_p_chosen": float(np.mean(conf_a)) if len(conf_a) else float("nan"),
+         "confident_share": float(np.mean(conf_a >= 0.6)) if len(conf_a) else float("nan"),
+         "confident_accuracy": _mean_where(right_a, conf_a >= 0.6)}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  _log.info("toy_label_eval: %s", {k: round(v, 3) if isinstance(v, float) else v
+                                   for k, v in out.items()})
+  return out
+
+
+@gin.configurable
+def toy_probe(*, data_dir: str = "data", n: int = 96, max_new_tokens: int = 96,
+              batch_size: int = 96) -> Callable:
+  """The PPO program's probe: greedy answers to a fixed, balanced subset of the held-out
+  requests, scored by the oracle (the truth) and by the preference model (the proxy).
+
+  Returns ``probe(sampler, tokenizer, score_fn) -> dict`` with ``true_utility`` (mean
+  oracle utility: -1 harmful, else helpfulness), ``harm_rate``, ``helpfulness``,
+  ``evasive``, ``incoherent`` and ``pm_score`` (mean proxy reward of the same answers).
+  """
+  requests = read_requests(os.path.join(data_dir, "eval.jsonl"))
+  harm = [r for r in requests if r.harmful][:n // 2]
+  benign = [r for r in requests if not r.harmful][:n - len(harm)]
+  probe_set = harm + benign
+
+  def probe(sampler: Sampler, tok: Tokenizer, score_fn: Callable) -> dict:
+    turns = [initial_prompt(r.text) for r in probe_set]
+    answers = _generate(sampler, tok, [p.token_ids(tok) for p in turns], max_new_tokens,
+                        batch_size)
+    m = answer_metrics(probe_set, answers, None)
+    verdicts = [oracle.score(r, a) for r, a in zip(probe_set, answers)]
+    scores = score_fn([p.turns for p in turns], answers)
+    return {"true_utility": float(np.mean([v.utility for v in verdicts])),
+            "harm_rate": m["harm_rate"], "helpfulness": m["helpfulness"],
+            "evasive": m["evasive"], "incoherent": m["incoherent"],
+            "pm_score": float(np.mean(scores))}
+
+  return probe
+
+
+def svg_chart(path: str, panels: list[dict], *, width: int = 720,
+              panel_height: int = 220) -> None:
+  """Writes stacked line charts as one SVG (no plotting library needed).
+
+  ``panels``: dicts with ``title``, ``xlabel`` and ``series``: {name: (xs, ys)}.
+  """
+  colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+  left, right, top, bottom = 60, 170, 28, 36
+  out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+         f'height="{panel_height * len(panels)}" font-family="sans-serif" font-size="11">',
+         f'<rect width="{width}" height="{panel_height * len(panels)}" fill="white"/>']
+  for k, panel in enumerate(panels):
+    y0 = k * panel_height
+    xs_all = [x for xs, _ in panel["series"].values() for x in xs]
+    ys_all = [y for _, ys in panel["series"].values() for y in ys if np.isfinite(y)]
+    if not xs_all or not ys_all:
+      continue
+    x_lo, x_hi = min(xs_all), max(xs_all) if max(xs_all) > min(xs_all) else min(xs_all) + 1
+    y_lo, y_hi = min(ys_all), max(ys_all)
+    if y_hi - y_lo < 1e-9:
+      y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    pw, ph = width - left - right, panel_height - top - bottom
+    sx = lambda x: left + (x - x_lo) / (x_hi - x_lo) * pw  # noqa: E731
+    sy = lambda y: y0 + top + (1 - (y - y_lo) / (y_hi - y_lo)) * ph  # noqa: E731
+    out.append(f'<text x="{left}" y="{y0 + 16}" font-weight="bold">{panel["title"]}</text>')
+    out.append(f'<rect x="{left}" y="{y0 + top}" width="{pw}" height="{ph}" fill="none" '
+               'stroke="#999"/>')
+    for frac in (0.0, 0.5, 1.0):
+      yv = y_lo + frac * (y_hi - y_lo)
+      out.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+      xv = x_lo + frac * (x_hi - x_lo)
+      out.append(f'<text x="{sx(xv):.1f}" y="{y0 + top + ph + 14}" '
+                 f'text-anchor="middle">{xv:.3g}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{y0 + panel_height - 6}" '
+               f'text-anchor="middle">{panel.get("xlabel", "")}</text>')
+    for j, (name, (xs, ys)) in enumerate(panel["series"].items()):
+      c = colors[j % len(colors)]
+      pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys) if np.isfinite(y))
+      out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
+      out.append(f'<text x="{left + pw + 10}" y="{y0 + top + 14 + 16 * j}" fill="{c}">'
+                 f'{name}</text>')
+  out.append("</svg>")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(out) + "\n")
+
+
+@gin.configurable
+def toy_overoptimisation(workdir: str, *, runs: dict[str, str] = gin.REQUIRED) -> dict:
+  """The proxy (PM score) and the truth (oracle utility) on the probe set over PPO
+  iterations, for one or more PPO runs ({label: ppo workdir}): ``overoptimisation.md``
+  (a table) and ``overoptimisation.svg`` (two panels)."""
+  # pylint: disable=import-outside-toplevel
+  from cai_jax.train.metrics import read_jsonl
+  curves = {}
+  for label, run_dir in runs.items():
+    rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+            if "probe/pm_score" in r]
+    curves[label] = {"iteration": [r["step"] for r in rows],
+                     "pm_score": [r["probe/pm_score"] for r in rows],
+                     "true_utility": [r["probe/true_utility"] for r in rows],
+                     "harm_rate": [r["probe/harm_rate"] for r in rows],
+                     "helpfulness": [r["probe/helpfulness"] for r in rows]}
+  os.makedirs(workdir, exist_ok=True)
+  lines = ["| run | iteration | PM score (proxy) | oracle utility (true) | harm rate | "
+           "helpfulness |", "|---|---|---|---|---|---|"]
+  for label, c in curves.items():
+    for i, it in enumerate(c["iteration"]):
+      lines.append(f"| {label} | {it} | {c['pm_score'][i]:.3f} | {c['true_utility'][i]:.3f} "
+                   f"| {c['harm_rate'][i]:.3f} | {c['helpfulness'][i]:.3f} |")
+  table = "\n".join(lines) + "\n"
+  with open(os.path.join(workdir, "overoptimisation.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  with open(os.path.join(workdir, "overoptimisation.json"), "w", encoding="utf-8") as f:
+    json.dump(curves, f, indent=2)
+  svg_chart(os.path.join(workdir, "overoptimisation.svg"), [
+      {"title": "proxy: PM score on the probe set", "xlabel": "PPO iteration",
+       "series": {k: (c["iteration"], c["pm_score"]) for k, c in curves.items()}},
+      {"title": "truth: oracle utility on the probe set", "xlabel": "PPO iteration",
+       "series": {k: (c["iteration"], c["true_utility"]) for k, c in curves.items()}}])
+  print("\n" + table, flush=True)
+  return curves

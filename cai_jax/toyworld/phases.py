@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 from typing import Callable
 
@@ -30,7 +31,7 @@ from cai_jax.constitution import load_constitution, resolve_constitution_path
 from cai_jax.data.conversations import write_conversations
 from cai_jax.data.builders import (dialogue_example, dialogue_features, prompt_features,
                                    write_records)
-from cai_jax.data.dialogue import HUMAN, Turn, render
+from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, render
 from cai_jax.data.records import sha256_file
 from cai_jax.data.tokenizer import train_tokenizer
 from cai_jax.models.store import is_saved_model, read_model_info, update_model_info
@@ -161,4 +162,28 @@ def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "d
       _log.warning("toy_base: %s was trained on another corpus/tokenizer; training anew", src)
   out = train(workdir=workdir)
   update_model_info(out, fingerprint)
+  return out
+
+
+@gin.configurable
+def toy_helpful_pairs(workdir: str, *, data_dir: str = "data", n: int = 512,
+                      seed: int = 0) -> str:
+  """Helpfulness comparisons with ground-truth labels, the toy stand-in for the paper's
+  human helpfulness labels: for benign requests of ``helpful.jsonl``, a complying answer
+  is chosen over a flat refusal, a partial or an off-topic one (``p_chosen`` 1).
+
+  Writes ``{workdir}/helpful_pairs.jsonl`` (chosen/rejected, public format); returns it.
+  """
+  rng = random.Random(seed)
+  requests = read_requests(os.path.join(data_dir, "helpful.jsonl"))[:n]
+  os.makedirs(workdir, exist_ok=True)
+  out = os.path.join(workdir, "helpful_pairs.jsonl")
+  with open(out, "w", encoding="utf-8") as f:
+    for i, r in enumerate(requests):
+      bad = rng.choice(("refuse_flat", "partial", "off_topic"))
+      conv = lambda style: render([Turn(HUMAN, r.text),  # noqa: E731
+                                   Turn(ASSISTANT, generator.respond(r, style, rng))])
+      f.write(json.dumps({"id": f"h{i}", "chosen": conv("comply"), "rejected": conv(bad),
+                          "p_chosen": 1.0}) + "\n")
+  _log.info("toy_helpful_pairs: %d pairs -> %s", len(requests), out)
   return out
