@@ -97,13 +97,14 @@ def pm_arrays(tok: Tokenizer, requests: Sequence[tuple[Turn, ...]], answers: Seq
   encoded = []
   for req, ans in zip(requests, answers):
     n_prompt = len(tok.encode_dialogue(list(req)).ids)
-    encoded.append((tok.encode_dialogue(list(req) + [Turn(ASSISTANT, ans)]).ids, n_prompt))
+    enc = tok.encode_dialogue(list(req) + [Turn(ASSISTANT, ans)])
+    encoded.append((enc.ids, [0] * n_prompt + list(enc.loss_mask[n_prompt:])))
   length = buckets.length_bucket(max(len(ids) for ids, _ in encoded))
   tokens = np.full((rows, length), tok.pad_id, np.int32)
   mask = np.zeros((rows, length), np.float32)
-  for i, (ids, n_prompt) in enumerate(encoded):
+  for i, (ids, m) in enumerate(encoded):
     tokens[i, :len(ids)] = ids
-    mask[i, n_prompt:len(ids)] = 1.0
+    mask[i, :len(m)] = m
   return {"pm_tokens": tokens, "pm_mask": mask}
 
 
@@ -338,7 +339,9 @@ def ppo(workdir: str, *, policy_from: str = gin.REQUIRED, reward_model: str = gi
                              temperature=temperature, top_p=top_p, stop_tokens=[tok.eos_id],
                              seed=common.call_seed(seed, "rollout", it))
       t_gen = time.perf_counter() - t0
-      answers = [tok.decode_body(t).strip() for t in out.tokens]
+      # Ids past the tokenizer (a model vocabulary padded for sharding) decode to nothing.
+      answers = [tok.decode_body([i for i in t if i < tok.vocab_size]).strip()
+                 for t in out.tokens]
       truncated = np.array([tok.eos_id not in t for t in out.tokens])
       batch = rollout_arrays([prompt_ids[i] for i in idx], out.tokens, length,
                              rollout_batch, tok.pad_id)

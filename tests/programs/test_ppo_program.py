@@ -1,0 +1,156 @@
+"""The PPO program: rollout tensors line up with what the sampler produced (its own
+log-probs), the PM sees exactly its training encoding, prompts cycle without repeats,
+and through the binary a tiny policy raises a trained PM's score, logs the generation
+share, and resumes after an abrupt death to exactly the parameters of an uninterrupted
+run."""
+import json
+import re
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from cai_jax import constitution as cc
+from cai_jax import models
+from cai_jax.data.conversations import write_conversations
+from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn
+from cai_jax.data.loaders import EncodePair
+from cai_jax.data.tokenizer import Tokenizer, train_tokenizer
+from cai_jax.models.store import load_model, read_model_info, save_model
+from cai_jax.programs import ppo as ppo_lib
+from cai_jax.programs.preference_model import pair_rewards, preference_model
+from cai_jax.programs.sft import sft
+from cai_jax.sampling import Sampler
+from cai_jax.train.metrics import read_jsonl
+
+WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
+GOOD, BAD = "thank you kindly", "go away now"
+
+
+@pytest.fixture(scope="module")
+def ppo_inputs(tmp_path_factory):
+  """A tiny tokenizer and policy, prompts, and a preference model trained to prefer
+  polite answers (through the PM program, in process)."""
+  d = tmp_path_factory.mktemp("ppo_inputs")
+  rng = np.random.default_rng(0)
+  with open(d / "pairs.jsonl", "w", encoding="utf-8") as f:
+    for _ in range(96):
+      a, b = rng.choice(WORDS, 2, replace=False)
+      prompt = f"\n\nHuman: {a}?\n\nAssistant: "
+      f.write(json.dumps({"chosen": prompt + f"{GOOD} {b}.",
+                          "rejected": prompt + f"{BAD} {b}."}) + "\n")
+  with open(d / "prompts.jsonl", "w", encoding="utf-8") as f:
+    for w in WORDS:
+      f.write(json.dumps({"prompt": f"{w}?"}) + "\n")
+  text = [f"{w}? {GOOD} {v}. {w}? {BAD} {v}." for w in WORDS for v in WORDS]
+  tok = train_tokenizer(text * 4, model_prefix=str(d / "tok"), vocab_size=300)
+  cfg = models.ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                           d_ff=64, tie_embeddings=True, max_seq_len=128)
+  _, params = models.init(cfg, seed=0)
+  save_model(str(d / "lm"), params, cfg, info={"tokenizer_path": tok.path})
+
+  def opt(total_steps):
+    del total_steps
+    return optax.adam(3e-3), optax.constant_schedule(3e-3)
+
+  # The policy starts as an SFT model answering politely or rudely about half the time.
+  convs = [[Turn(HUMAN, f"{w}?"), Turn(ASSISTANT, f"{GOOD if k % 2 else BAD} {v}.")]
+           for k, (w, v) in enumerate((w, v) for w in WORDS for v in WORDS)]
+  write_conversations(str(d / "sft.jsonl"), convs)
+  sft(str(d / "sft"), train_data=str(d / "sft.jsonl"), tokenizer_path=tok.path,
+      init_from=str(d / "lm"), seq_len=64, batch_size=8, num_steps=60, optimizer=opt,
+      ckpt_every=100, log_every=20)
+  preference_model(str(d / "pm"), train_data=str(d / "pairs.jsonl"), init_from=str(d / "lm"),
+                   seq_len=64, batch_size=8, num_steps=40, optimizer=opt, ckpt_every=100,
+                   log_every=10)
+  return d, tok.path
+
+
+def test_rollout_arrays_align_with_the_sampler(ppo_inputs):
+  d, tok_path = ppo_inputs
+  tok = Tokenizer.load(tok_path)
+  _, graphdef, params, _ = load_model(str(d / "lm"))
+  _, vgraph, vparams, _ = load_model(str(d / "pm" / "model"))
+  prompts = [cc.initial_prompt(f"{w}?").token_ids(tok) for w in WORDS[:4]]
+  out = Sampler(graphdef, params).generate(prompts, max_new_tokens=6, temperature=1.0,
+                                           seed=3, stop_tokens=[tok.eos_id])
+  arr = ppo_lib.rollout_arrays(prompts, out.tokens, 32, 4, tok.pad_id)
+  assert arr["mask"].sum() == sum(len(t) for t in out.tokens)
+  graphdefs = {"policy": graphdef, "value": vgraph, "reward": vgraph}
+  logp, values, _ = jax.jit(lambda p, t: ppo_lib.policy_and_values(graphdefs, p, t))(
+      {"policy": params, "value": vparams}, arr["tokens"])
+  assert values.shape == logp.shape == arr["mask"].shape
+  for i, lps in enumerate(out.logprobs):   # the sampler's own base-model log-probs
+    got = np.asarray(logp[i])[arr["mask"][i] > 0]
+    np.testing.assert_allclose(got, lps, atol=2e-5)
+
+
+def test_pm_sees_its_training_encoding(ppo_inputs):
+  d, tok_path = ppo_inputs
+  tok = Tokenizer.load(tok_path)
+  _, rgraph, rparams, _ = load_model(str(d / "pm" / "model"))
+  req = (Turn(HUMAN, "apple?"),)
+  answers = [f"{GOOD} lamp.", f"{BAD} lamp."]
+  arr = ppo_lib.pm_arrays(tok, [req, req], answers, 2)
+  scores = np.asarray(ppo_lib.sequence_scores(rgraph, rparams, arr["pm_tokens"],
+                                              arr["pm_mask"]))
+  pair = EncodePair(tok, 64)({"prompt": "\n\nHuman: apple?", "chosen": answers[0],
+                              "rejected": answers[1]})
+  ref = np.asarray(pair_rewards(rgraph, rparams, pair["tokens"][None], pair["loss_mask"][None]))
+  assert int(pair["num_truncated"]) == 0
+  np.testing.assert_array_equal(arr["pm_mask"][:, :64], pair["loss_mask"])
+  np.testing.assert_allclose(scores, ref[0], atol=1e-5)
+  assert scores[0] > scores[1]   # the PM learned the preference
+
+
+def test_iteration_prompts_cover_each_prompt_once_per_epoch():
+  seen = [i for it in range(5) for i in ppo_lib.iteration_prompts(7, 4, 0, it)]
+  assert len(seen) == 20
+  assert sorted(seen[:7]) == list(range(7)) and sorted(seen[7:14]) == list(range(7))
+  assert ppo_lib.iteration_prompts(7, 4, 0, 3) == ppo_lib.iteration_prompts(7, 4, 0, 3)
+
+
+def _run(run_main, workdir, d, *, fault_after=None, iterations=8):
+  return run_main(workdir, ["runs/ppo.gin"], [
+      f"ppo.policy_from='{d / 'sft' / 'model'}'", f"ppo.reward_model='{d / 'pm' / 'model'}'",
+      f"ppo.prompts='{d / 'prompts.jsonl'}'", f"ppo.num_iterations={iterations}",
+      "ppo.rollout_batch=16", "ppo.minibatch_size=8", "ppo.max_new_tokens=8",
+      "ppo.ckpt_every=3", "ppo.kl_coef=0.01", "make_optimizer.learning_rate=3e-3",
+  ], fault_after=fault_after)
+
+
+def test_ppo_binary_raises_the_reward_and_resumes_exactly(run_main, ppo_inputs, tmp_path):
+  d, _ = ppo_inputs
+  ref = _run(run_main, tmp_path / "ref", d)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  rows = [r for r in read_jsonl(str(tmp_path / "ref" / "metrics.jsonl")) if "env/kl" in r]
+  assert [r["step"] for r in rows] == list(range(1, 9))
+  score = [r["env/pm_score"] for r in rows]
+  print("ppo pm score", [round(s, 3) for s in score], "kl",
+        [round(r["env/kl"], 3) for r in rows])
+  assert np.mean(score[-2:]) > np.mean(score[:2]) + 0.5
+  assert rows[-1]["env/kl"] > 0.0
+  assert all(0.0 < r["time/generation_share"] < 1.0 for r in rows)
+  died = _run(run_main, tmp_path / "resumed", d, fault_after=4)
+  assert died.returncode == 17, died.stderr[-3000:]
+  again = _run(run_main, tmp_path / "resumed", d)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert re.search(r"resumed from step", again.stderr), again.stderr[-4000:]
+  _, _, p_ref, info = load_model(str(tmp_path / "ref" / "model"))
+  _, _, p_res, _ = load_model(str(tmp_path / "resumed" / "model"))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               p_ref, p_res)
+  assert read_model_info(str(tmp_path / "ref" / "model"))[1] == "lm"
+  assert info["program"] == "ppo" and info["num_iterations"] == 8
+
+
+def test_bad_arguments_fail_early(ppo_inputs, tmp_path):
+  d, _ = ppo_inputs
+  with pytest.raises(ValueError, match="multiple of"):
+    ppo_lib.ppo(str(tmp_path), policy_from=str(d / "lm"), reward_model=str(d / "pm/model"),
+                prompts=str(d / "prompts.jsonl"), rollout_batch=10, minibatch_size=4)
+  with pytest.raises(ValueError, match="not a preference model"):
+    ppo_lib.ppo(str(tmp_path), policy_from=str(d / "lm"), reward_model=str(d / "lm"),
+                prompts=str(d / "prompts.jsonl"), rollout_batch=16, minibatch_size=8)
+  assert not (tmp_path / "checkpoints").exists()
