@@ -1,6 +1,7 @@
 """The toy-world experiment end to end through the binary, on a shortened schedule:
 data -> base model trained from scratch (loss falls) -> evaluation -> SL-CAI data,
-SFT and evaluation -> report; then a rerun skips every finished phase."""
+SFT and evaluation -> AI labels -> preference model -> PPO and DPO, their evaluations,
+the over-optimisation curve -> report; then a rerun skips every finished phase."""
 import json
 
 import pytest
@@ -20,6 +21,16 @@ SMALL = [
     "sl/generate_sl.num_rounds=2", "sl_conversations.skip_malformed=False",
     "sl/sft.num_steps=6", "sl/sft.batch_size=4", "sl/sft.seq_len=96", "sl/sft.ckpt_every=3",
     "sl/toy_eval.max_new_tokens=16",
+    "toy_helpful_pairs.n=8", "label_preferences.max_prompts=8",
+    "label_preferences.max_new_tokens=12", "label_preferences.shard_size=4",
+    "label_preferences.batch_size=4", "label_preferences.eval_fraction=0.5",
+    "preference_model.num_steps=4", "preference_model.batch_size=4",
+    "preference_model.seq_len=96", "preference_model.eval_every=2",
+    "preference_model.ckpt_every=2", "ppo.num_iterations=2", "ppo.rollout_batch=8",
+    "ppo.minibatch_size=4", "ppo.max_new_tokens=12", "ppo.probe_every=1", "ppo.ckpt_every=1",
+    "toy_probe.n=8", "toy_probe.max_new_tokens=12", "ppo/toy_eval.max_new_tokens=16",
+    "dpo.num_steps=4", "dpo.batch_size=4", "dpo.seq_len=96", "dpo.ckpt_every=2",
+    "dpo/toy_eval.max_new_tokens=16",
 ]
 
 
@@ -40,6 +51,20 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert sl["n_harmful"] + sl["n_benign"] == 24
   info = json.loads((tmp_path / "exp" / "base" / "model" / "model.json").read_text())["info"]
   assert len(info["corpus_sha256"]) == 64  # the data fingerprint is recorded
+  # RL-CAI: labels with diagnostics, a PM evaluated on held-out labels, PPO with probes
+  diag = json.loads((tmp_path / "exp" / "label" / "diagnostics.json").read_text())
+  assert diag["summary"]["num_helpful"] == 8 and "swap_flip_rate" in diag["diagnostics"]
+  pm = [r for r in read_jsonl(str(tmp_path / "exp" / "pm" / "metrics.jsonl"))
+        if "eval/loss" in r]
+  assert [r["step"] for r in pm] == [2, 4]
+  ppo = read_jsonl(str(tmp_path / "exp" / "ppo" / "metrics.jsonl"))
+  assert [r["step"] for r in ppo if "probe/true_utility" in r] == [0, 1, 2]
+  assert [r["step"] for r in ppo if "env/pm_score" in r] == [1, 2]
+  for name in ("eval_ppo", "eval_dpo"):
+    res = json.loads((tmp_path / "exp" / name / "results.json").read_text())
+    assert res["n_harmful"] + res["n_benign"] == 24
+  assert "| RL-CAI (PPO) |" in r.stdout and "| RL-CAI (DPO) |" in r.stdout
+  assert (tmp_path / "exp" / "overoptimisation" / "overoptimisation.svg").exists()
   again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0
-  assert again.stdout.count("complete, skipped") == 8  # all but the report
+  assert again.stdout.count("complete, skipped") == 17  # all but the report

@@ -209,9 +209,48 @@ def results_table(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _last_with(path: str, key: str) -> dict:
+  # pylint: disable=import-outside-toplevel
+  from cai_jax.train.metrics import read_jsonl
+  rows = [r for r in read_jsonl(path) if key in r] if os.path.exists(path) else []
+  return rows[-1] if rows else {}
+
+
+def labels_table(rl_runs: dict[str, tuple[str, str, str]]) -> str:
+  """One row per label set: AI-label diagnostics, accuracy against the oracle, and the
+  preference model's held-out accuracy and calibration on those labels.
+
+  ``rl_runs``: {name: (labeling workdir, toy_label_eval workdir, PM workdir)}.
+  """
+  cols = ["pairs", "label acc. vs oracle", "blind-spot label acc.", "mean p_chosen",
+          "swap flips", "(A) win rate", "length corr.", "PM eval acc.", "PM eval ECE",
+          "PM eval margin"]
+  fmt = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else (  # noqa
+      f"{v:.3f}" if isinstance(v, float) else str(v))
+  lines = ["| labels | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for name, (label_dir, eval_dir, pm_dir) in rl_runs.items():
+    diag, acc = {}, {}
+    if os.path.exists(os.path.join(label_dir, "diagnostics.json")):
+      with open(os.path.join(label_dir, "diagnostics.json"), encoding="utf-8") as f:
+        diag = json.load(f)["diagnostics"]
+    if os.path.exists(os.path.join(eval_dir, "results.json")):
+      with open(os.path.join(eval_dir, "results.json"), encoding="utf-8") as f:
+        acc = json.load(f)
+    pm = _last_with(os.path.join(pm_dir, "metrics.jsonl"), "eval/loss")
+    vals = [diag.get("num_ai_pairs"), acc.get("label_accuracy"),
+            acc.get("label_accuracy_blind_spot"), diag.get("mean_p_chosen"),
+            diag.get("swap_flip_rate"), diag.get("first_position_win_rate"),
+            diag.get("length_preference_correlation"), pm.get("eval/preference/accuracy"),
+            pm.get("eval/preference/ece"), pm.get("eval/preference/margin")]
+    lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + " |")
+  return "\n".join(lines) + "\n"
+
+
 @gin.configurable
-def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED) -> str:
-  """Collects the ``results.json`` of the named eval phases into one table (printed)."""
+def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED,
+               rl_runs: dict[str, tuple[str, str, str]] | None = None) -> str:
+  """Collects the ``results.json`` of the named eval phases into one table (printed),
+  plus the ``labels_table`` of ``rl_runs`` when given."""
   rows = []
   for name in evals:
     path = os.path.join(name, "results.json")
@@ -220,6 +259,8 @@ def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED) -> str:
     with open(path, encoding="utf-8") as f:
       rows.append(json.load(f))
   table = results_table(rows)
+  if rl_runs:
+    table += "\nAI labels and preference models:\n\n" + labels_table(dict(rl_runs))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table)
