@@ -53,7 +53,7 @@ def bench_labeling(run: str, n: int = 64, repeats: int = 2) -> dict:
   judge = lp._Judge(Sampler(jgraph, jparams), tok, chain_of_thought=False,  # noqa: SLF001
                     cot_max_new_tokens=64, cot_temperature=0.0, batch_size=2 * n)
   policy = Sampler(graph, params)
-  kw = dict(num_principles=1, swap_orders=True, clamp=None, exemplars=(),
+  kw = dict(principle_seed=0, num_principles=1, swap_orders=True, clamp=None, exemplars=(),
             sample_kw=dict(max_new_tokens=96, temperature=1.0, top_p=1.0))
   items = lambda k: [(k * n + i, pid, req) for i, (pid, req)  # noqa: E731
                      in enumerate(prompts[k * n:(k + 1) * n])]

@@ -214,9 +214,12 @@ class _Judge:
 def _label_batch(policy: Sampler, judge_: _Judge, tok: Tokenizer, const: cc.Constitution,
                  items: list[tuple[int, str, tuple]], *, num_principles: int,
                  swap_orders: bool, clamp: tuple[float, float] | None,
-                 exemplars: Sequence[cc.ComparisonExemplar], seed: int,
+                 exemplars: Sequence[cc.ComparisonExemplar], seed: int, principle_seed: int,
                  sample_kw: dict) -> tuple[list[dict], dict[str, float]]:
-  """Samples and labels one batch of prompts; returns (rows, timings in seconds)."""
+  """Samples and labels one batch of prompts; returns (rows, timings in seconds).
+
+  ``seed`` keys this batch's sampling; principles are drawn from ``(principle_seed,
+  prompt index)`` so they do not depend on how prompts are batched."""
   t0 = time.perf_counter()
   prompts = [cc.initial_prompt(req).token_ids(tok) for _, _, req in items]
   out = policy.generate(prompts, num_samples=2, seed=common.call_seed(seed, "answers"),
@@ -230,7 +233,8 @@ def _label_batch(policy: Sampler, judge_: _Judge, tok: Tokenizer, const: cc.Cons
     a, b = answers[2 * k], answers[2 * k + 1]
     if a == b:
       continue
-    principles = cc.sample_comparison_principles(const, seed=seed, prompt_index=index,
+    principles = cc.sample_comparison_principles(const, seed=principle_seed,
+                                                 prompt_index=index,
                                                  num=num_principles)
     for j, pr in enumerate(principles):
       for order, (x, y) in enumerate(((a, b), (b, a))[:2 if swap_orders else 1]):
@@ -380,7 +384,7 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
     for b in range(0, len(items), batch_size):
       batch_rows, t = _label_batch(policy, judge_, tok, const, items[b:b + batch_size],
                                    num_principles=num_principles, swap_orders=swap_orders,
-                                   clamp=clamp, exemplars=ex,
+                                   clamp=clamp, exemplars=ex, principle_seed=seed,
                                    seed=common.call_seed(seed, s, b), sample_kw=sample_kw)
       rows += batch_rows
       timing["generation_s"] += t["generation_s"]
