@@ -215,18 +215,34 @@ def _label_batch(policy: Sampler, judge_: _Judge, tok: Tokenizer, const: cc.Cons
                  items: list[tuple[int, str, tuple]], *, num_principles: int,
                  swap_orders: bool, clamp: tuple[float, float] | None,
                  exemplars: Sequence[cc.ComparisonExemplar], seed: int, principle_seed: int,
-                 sample_kw: dict) -> tuple[list[dict], dict[str, float]]:
+                 sample_kw: dict, second: Sampler | None = None
+                 ) -> tuple[list[dict], dict[str, float]]:
   """Samples and labels one batch of prompts; returns (rows, timings in seconds).
 
   ``seed`` keys this batch's sampling; principles are drawn from ``(principle_seed,
   prompt index)`` so they do not depend on how prompts are batched."""
   t0 = time.perf_counter()
   prompts = [cc.initial_prompt(req).token_ids(tok) for _, _, req in items]
-  out = policy.generate(prompts, num_samples=2, seed=common.call_seed(seed, "answers"),
-                        stop_tokens=[tok.eos_id], **sample_kw)
+  out = policy.generate(prompts, num_samples=1 if second is not None else 2,
+                        seed=common.call_seed(seed, "answers"), stop_tokens=[tok.eos_id],
+                        **sample_kw)
+  tokens = out.tokens
+  source = [""] * len(tokens)
+  if second is not None:
+    # One answer from each model, the second model's first for a hashed half of the
+    # prompts (so no model sits in one position).
+    other = second.generate(prompts, seed=common.call_seed(seed, "answers2"),
+                            stop_tokens=[tok.eos_id], **sample_kw).tokens
+    tokens, source = [], []
+    for k, (index, _, _) in enumerate(items):
+      flip = common.call_seed(principle_seed, "order", index) % 2 == 1
+      pair = [(out.tokens[k], "policy"), (other[k], "second_policy")]
+      for t, src in (pair[::-1] if flip else pair):
+        tokens.append(t)
+        source.append(src)
   t_gen = time.perf_counter() - t0
-  answers = [tok.decode_body(t).strip() for t in out.tokens]
-  truncated = [tok.eos_id not in t for t in out.tokens]
+  answers = [tok.decode_body(t).strip() for t in tokens]
+  truncated = [tok.eos_id not in t for t in tokens]
   # One comparison prompt per (pair, principle, order).
   jobs, cprompts = [], []
   for k, (index, _, req) in enumerate(items):
@@ -256,6 +272,7 @@ def _label_batch(policy: Sampler, judge_: _Judge, tok: Tokenizer, const: cc.Cons
   for k, (index, pid, req) in enumerate(items):
     a, b = answers[2 * k], answers[2 * k + 1]
     flags = [f"answer{i}:truncated" for i in (0, 1) if truncated[2 * k + i]]
+    flags += [f"answer{i}:{source[2 * k + i]}" for i in (0, 1) if source[2 * k + i]]
     if k not in per:
       continue   # identical answers: no preference to learn
     d = per[k]
@@ -283,7 +300,8 @@ def _split_of(index: int, seed: int, eval_fraction: float) -> str:
 def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
                       prompts_path: str = gin.REQUIRED,
                       constitution_path: str = gin.REQUIRED,
-                      feedback_dir: str | None = None, tokenizer_path: str | None = None,
+                      feedback_dir: str | None = None, second_policy_dir: str | None = None,
+                      tokenizer_path: str | None = None,
                       num_principles: int = 1, swap_orders: bool = True,
                       chain_of_thought: bool = False,
                       clamp: tuple[float, float] | None = (0.4, 0.6),
@@ -303,6 +321,10 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
     prompts_path: JSONL of prompts (``{"prompt": ...}`` or ``{"text": HH}``, opt. ``id``).
     constitution_path: the constitution whose comparison principles are used.
     feedback_dir: the feedback (judge) model; default: ``policy_dir``.
+    second_policy_dir: if set, each pair is one answer of the policy and one of this model
+      (e.g. the helpful-only base model, so pairs contrast harmful and harmless answers);
+      ``flags`` record which answer came from where. Not in Bai et al. (both answers
+      come from the SL-CAI model there).
     tokenizer_path: default: the policy model's ``info["tokenizer_path"]``.
     num_principles: principles per label (> 1: the paper's principle ensemble).
     swap_orders: score both answer orders and average them.
@@ -346,6 +368,8 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
           "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
           "cot_max_new_tokens": cot_max_new_tokens, "cot_temperature": cot_temperature,
           "seed": seed, "shard_size": shard_size, "batch_size": batch_size}
+  if second_policy_dir is not None:
+    spec["second_policy_dir"] = os.path.abspath(second_policy_dir)
   common.check_spec(shard_dir, spec)
   num_shards = -(-len(prompts) // shard_size)
   shard_path = lambda s: os.path.join(shard_dir, f"shard_{s:05d}.jsonl")  # noqa: E731
@@ -363,6 +387,10 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
     else:
       _, jgraph, jparams, _ = load_model(feedback_dir, mesh=mesh)
       judge_sampler = Sampler(jgraph, jparams, mesh=mesh)
+    second = None
+    if second_policy_dir is not None:
+      _, sgraph, sparams, _ = load_model(second_policy_dir, mesh=mesh)
+      second = Sampler(sgraph, sparams, mesh=mesh)
     judge_ = _Judge(judge_sampler, tok, chain_of_thought=chain_of_thought,
                     cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature,
                     batch_size=batch_size * (2 if swap_orders else 1))
@@ -385,7 +413,8 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
       batch_rows, t = _label_batch(policy, judge_, tok, const, items[b:b + batch_size],
                                    num_principles=num_principles, swap_orders=swap_orders,
                                    clamp=clamp, exemplars=ex, principle_seed=seed,
-                                   seed=common.call_seed(seed, s, b), sample_kw=sample_kw)
+                                   seed=common.call_seed(seed, s, b), sample_kw=sample_kw,
+                                   second=second)
       rows += batch_rows
       timing["generation_s"] += t["generation_s"]
       timing["judge_s"] += t["judge_s"]

@@ -185,3 +185,20 @@ def test_bad_clamp_fails_before_any_work(inputs, tmp_path):
   with pytest.raises(ValueError, match="clamp"):
     _run(tmp_path, inputs, chain_of_thought=True, clamp=(0.7, 0.3))
   assert not (tmp_path / "shards").exists()
+
+
+def test_second_policy_pairs_one_answer_from_each_model(inputs, tmp_path):
+  other = tmp_path / "other"
+  cfg, _, _, info = load_model(inputs["policy_dir"])
+  _, params = models.init(cfg, seed=7)
+  save_model(str(other), params, cfg, info=info)
+  _run(tmp_path / "mixed", inputs, second_policy_dir=str(other), eval_fraction=0.0,
+       num_principles=1)
+  rows = _all_rows(tmp_path / "mixed")
+  assert rows
+  for r in rows:
+    srcs = sorted(f.split(":")[1] for f in r["flags"] if f.endswith("policy"))
+    assert srcs == ["policy", "second_policy"], r["flags"]
+  firsts = {f for r in rows for f in r["flags"] if f.startswith("answer0:") and
+            f.endswith("policy")}
+  assert firsts == {"answer0:policy", "answer0:second_policy"}   # both positions used
