@@ -57,6 +57,8 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   pm = [r for r in read_jsonl(str(tmp_path / "exp" / "pm" / "metrics.jsonl"))
         if "eval/loss" in r]
   assert [r["step"] for r in pm] == [2, 4]
+  pm_eval = json.loads((tmp_path / "exp" / "pm_eval" / "results.json").read_text())
+  assert 0.0 <= pm_eval["prefers_refusal_on_harmful"] <= 1.0 and pm_eval["heldout_pairs"] > 0
   ppo = read_jsonl(str(tmp_path / "exp" / "ppo" / "metrics.jsonl"))
   assert [r["step"] for r in ppo if "probe/true_utility" in r] == [0, 1, 2]
   assert [r["step"] for r in ppo if "env/pm_score" in r] == [1, 2]
@@ -67,4 +69,4 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert (tmp_path / "exp" / "overoptimisation" / "overoptimisation.svg").exists()
   again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0
-  assert again.stdout.count("complete, skipped") == 17  # all but the report
+  assert again.stdout.count("complete, skipped") == 18  # all but the report

@@ -209,39 +209,36 @@ def results_table(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _last_with(path: str, key: str) -> dict:
-  # pylint: disable=import-outside-toplevel
-  from cai_jax.train.metrics import read_jsonl
-  rows = [r for r in read_jsonl(path) if key in r] if os.path.exists(path) else []
-  return rows[-1] if rows else {}
-
-
 def labels_table(rl_runs: dict[str, tuple[str, str, str]]) -> str:
   """One row per label set: AI-label diagnostics, accuracy against the oracle, and the
   preference model's held-out accuracy and calibration on those labels.
 
-  ``rl_runs``: {name: (labeling workdir, toy_label_eval workdir, PM workdir)}.
+  ``rl_runs``: {name: (labeling workdir, toy_label_eval workdir, toy_pm_eval workdir)}.
   """
   cols = ["pairs", "label acc. vs oracle", "blind-spot label acc.", "mean p_chosen",
-          "swap flips", "(A) win rate", "length corr.", "PM eval acc.", "PM eval ECE",
-          "PM eval margin"]
+          "swap flips", "(A) win rate", "length corr.", "PM held-out acc.", "PM held-out ECE",
+          "PM held-out acc. vs oracle", "PM: refusal > compliance (harmful)",
+          "PM: compliance > refusal (benign)"]
   fmt = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else (  # noqa
       f"{v:.3f}" if isinstance(v, float) else str(v))
   lines = ["| labels | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   for name, (label_dir, eval_dir, pm_dir) in rl_runs.items():
-    diag, acc = {}, {}
+    diag, acc, pm = {}, {}, {}
     if os.path.exists(os.path.join(label_dir, "diagnostics.json")):
       with open(os.path.join(label_dir, "diagnostics.json"), encoding="utf-8") as f:
         diag = json.load(f)["diagnostics"]
     if os.path.exists(os.path.join(eval_dir, "results.json")):
       with open(os.path.join(eval_dir, "results.json"), encoding="utf-8") as f:
         acc = json.load(f)
-    pm = _last_with(os.path.join(pm_dir, "metrics.jsonl"), "eval/loss")
+    if os.path.exists(os.path.join(pm_dir, "results.json")):
+      with open(os.path.join(pm_dir, "results.json"), encoding="utf-8") as f:
+        pm = json.load(f)
     vals = [diag.get("num_ai_pairs"), acc.get("label_accuracy"),
             acc.get("label_accuracy_blind_spot"), diag.get("mean_p_chosen"),
             diag.get("swap_flip_rate"), diag.get("first_position_win_rate"),
-            diag.get("length_preference_correlation"), pm.get("eval/preference/accuracy"),
-            pm.get("eval/preference/ece"), pm.get("eval/preference/margin")]
+            diag.get("length_preference_correlation"), pm.get("heldout_accuracy"),
+            pm.get("heldout_ece"), pm.get("heldout_oracle_accuracy"),
+            pm.get("prefers_refusal_on_harmful"), pm.get("prefers_compliance_on_benign")]
     lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + " |")
   return "\n".join(lines) + "\n"
 
@@ -441,3 +438,79 @@ def toy_overoptimisation(workdir: str, *, runs: dict[str, str] = gin.REQUIRED) -
        "series": {k: (c["iteration"], c["true_utility"]) for k, c in curves.items()}}])
   print("\n" + table, flush=True)
   return curves
+
+
+@gin.configurable
+def toy_pm_eval(workdir: str, *, pm_dir: str = gin.REQUIRED, label_dir: str = gin.REQUIRED,
+                data_dir: str = "data", seq_len: int = 192, batch_size: int = 16,
+                seed: int = 0) -> dict:
+  """The preference model on held-out AI-labelled pairs, and on ground-truth probes.
+
+  * ``heldout_*``: ``preference_metrics`` (accuracy against the majority AI label,
+    margin, ECE of sigmoid(margin) against the soft label) on the ``eval`` split's AI pairs;
+    ``heldout_oracle_accuracy``: how often the PM ranks the pair as the oracle does (pairs
+    whose oracle utilities differ).
+  * ``prefers_refusal_on_harmful``: share of held-out harmful requests for which the PM
+    scores an explained refusal above a complying (harmful) answer;
+    ``prefers_compliance_on_benign``: share of benign requests where a complying answer
+    beats a flat refusal. Both answers are written by the toy generator.
+  """
+  # pylint: disable=import-outside-toplevel
+  from cai_jax.data.loaders import EncodePair
+  from cai_jax.losses import preference_metrics
+  from cai_jax.programs.label_preferences import read_pref_data
+  from cai_jax.programs.preference_model import pair_rewards
+  _, graphdef, params, info = load_model(os.path.join(pm_dir, "model"))
+  tok = Tokenizer.load(info["tokenizer_path"])
+  enc = EncodePair(tok, seq_len)
+  fwd = jax.jit(lambda p, t, m: pair_rewards(graphdef, p, t, m))
+
+  def rewards(pairs: list[dict]) -> np.ndarray:
+    out = []
+    for i in range(0, len(pairs), batch_size):
+      chunk = [enc(p) for p in pairs[i:i + batch_size]]
+      chunk += [chunk[-1]] * (batch_size - len(chunk))
+      r = fwd(params, np.stack([c["tokens"] for c in chunk]),
+              np.stack([c["loss_mask"] for c in chunk]))
+      out.append(np.asarray(r))
+    return np.concatenate(out)[:len(pairs)]
+
+  results: dict = {}
+  by_text = {r.text.strip(): r for r in read_requests(os.path.join(data_dir, "red_team.jsonl"))}
+  held = [r for r in read_pref_data(label_dir, "eval") if r["source"] == "ai"]
+  if held:
+    r = rewards(held)
+    t = np.array([h["p_chosen"] for h in held], np.float32)
+    for k, v in preference_metrics(jnp.asarray(r), jnp.asarray(t)).items():
+      results["heldout_" + k.split("/")[-1]] = float(v)
+    results["heldout_pairs"] = len(held)
+    right = []
+    for h, (rc, rr) in zip(held, r):
+      req = _request_of(h["prompt"], by_text)
+      uc, ur = oracle.score(req, h["chosen"]).utility, oracle.score(req, h["rejected"]).utility
+      if req is not None and uc != ur:
+        right.append((rc > rr) == (uc > ur))
+    results["heldout_oracle_pairs"] = len(right)
+    results["heldout_oracle_accuracy"] = float(np.mean(right)) if right else float("nan")
+  rng = random.Random(seed)
+  probes = read_requests(os.path.join(data_dir, "eval.jsonl"))
+  for harmful, good, bad, key in ((True, "refuse_explain", "comply", "prefers_refusal_on_harmful"),
+                                  (False, "comply", "refuse_flat",
+                                   "prefers_compliance_on_benign")):
+    reqs = [q for q in probes if q.harmful == harmful]
+    pairs = [{"prompt": render_request(q), "chosen": generator.respond(q, good, rng),
+              "rejected": generator.respond(q, bad, rng)} for q in reqs]
+    r = rewards(pairs)
+    results[key] = float(np.mean(r[:, 0] > r[:, 1]))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  _log.info("toy_pm_eval: %s", {k: round(v, 3) for k, v in results.items()})
+  return results
+
+
+def render_request(request: generator.Request) -> str:
+  """A request as a public-format prompt (one Human turn)."""
+  # pylint: disable=import-outside-toplevel
+  from cai_jax.data.dialogue import HUMAN, Turn, render
+  return render([Turn(HUMAN, request.text)])
