@@ -35,7 +35,7 @@ SMALL = [
 
 
 def _run(run_main, workdir):
-  return run_main(workdir, ["experiments/toy_world.gin"], SMALL, devices=1, timeout=600)
+  return run_main(workdir, ["experiments/toy_world.gin"], SMALL, devices=1, timeout=900)
 
 
 @pytest.mark.slow
