@@ -357,14 +357,14 @@ def toy_probe(*, data_dir: str = "data", n: int = 96, max_new_tokens: int = 96,
   return probe
 
 
-def svg_chart(path: str, panels: list[dict], *, width: int = 720,
+def svg_chart(path: str, panels: list[dict], *, width: int = 860,
               panel_height: int = 220) -> None:
   """Writes stacked line charts as one SVG (no plotting library needed).
 
   ``panels``: dicts with ``title``, ``xlabel`` and ``series``: {name: (xs, ys)}.
   """
   colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-  left, right, top, bottom = 60, 170, 28, 36
+  left, right, top, bottom = 60, 250, 28, 36
   out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
          f'height="{panel_height * len(panels)}" font-family="sans-serif" font-size="11">',
          f'<rect width="{width}" height="{panel_height * len(panels)}" fill="white"/>']
