@@ -162,3 +162,9 @@ def check_spec(shard_dir: str, spec: dict) -> None:
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(spec, f, indent=2, sort_keys=True)
   os.replace(path + ".tmp", path)
+
+
+def decode_generated(tokenizer: Any, ids: Sequence[int]) -> str:
+  """Generated body ids -> text, cut at the end of turn. Ids past the tokenizer's
+  vocabulary (a model vocabulary padded for sharding) decode to nothing."""
+  return tokenizer.decode_body([i for i in ids if i < tokenizer.vocab_size]).strip()

@@ -201,7 +201,8 @@ class _Judge:
         chunk = [p.token_ids(self.tok) for p in prompts[i:i + self.batch_size]]
         out = self.sampler.generate(chunk, seed=common.call_seed(seed, "cot", i),
                                     **self.cot_kw)
-        reasoning += [cc.trim_reasoning(self.tok.decode_body(t)) for t in out.tokens]
+        reasoning += [cc.trim_reasoning(common.decode_generated(self.tok, t))
+                      for t in out.tokens]
       prompts = [cc.cot_answer_prompt(p, r) for p, r in zip(prompts, reasoning)]
     lp = []
     for i in range(0, len(prompts), self.batch_size):
@@ -241,7 +242,7 @@ def _label_batch(policy: Sampler, judge_: _Judge, tok: Tokenizer, const: cc.Cons
         tokens.append(t)
         source.append(src)
   t_gen = time.perf_counter() - t0
-  answers = [tok.decode_body(t).strip() for t in tokens]
+  answers = [common.decode_generated(tok, t) for t in tokens]
   truncated = [tok.eos_id not in t for t in tokens]
   # One comparison prompt per (pair, principle, order).
   jobs, cprompts = [], []

@@ -339,9 +339,7 @@ def ppo(workdir: str, *, policy_from: str = gin.REQUIRED, reward_model: str = gi
                              temperature=temperature, top_p=top_p, stop_tokens=[tok.eos_id],
                              seed=common.call_seed(seed, "rollout", it))
       t_gen = time.perf_counter() - t0
-      # Ids past the tokenizer (a model vocabulary padded for sharding) decode to nothing.
-      answers = [tok.decode_body([i for i in t if i < tok.vocab_size]).strip()
-                 for t in out.tokens]
+      answers = [common.decode_generated(tok, t) for t in out.tokens]
       truncated = np.array([tok.eos_id not in t for t in out.tokens])
       batch = rollout_arrays([prompt_ids[i] for i in idx], out.tokens, length,
                              rollout_batch, tok.pad_id)
