@@ -154,3 +154,19 @@ def test_bad_arguments_fail_early(ppo_inputs, tmp_path):
     ppo_lib.ppo(str(tmp_path), policy_from=str(d / "lm"), reward_model=str(d / "lm"),
                 prompts=str(d / "prompts.jsonl"), rollout_batch=16, minibatch_size=8)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_non_finite_reward_stops_the_run(ppo_inputs, tmp_path):
+  d, _ = ppo_inputs
+  cfg, _, params, info = load_model(str(d / "pm" / "model"))
+  leaves, treedef = jax.tree.flatten(params)
+  leaves[-1] = np.full_like(np.asarray(leaves[-1]), np.nan)   # a NaN parameter in the PM
+  save_model(str(tmp_path / "bad_pm"), jax.tree.unflatten(treedef, leaves), cfg,
+             kind="scalar", info=info)
+  with pytest.raises(FloatingPointError, match="non-finite rollout scores at iteration 0"):
+    ppo_lib.ppo(str(tmp_path / "run"), policy_from=str(d / "lm"),
+                reward_model=str(tmp_path / "bad_pm"), prompts=str(d / "prompts.jsonl"),
+                rollout_batch=16, minibatch_size=8, max_new_tokens=4, num_iterations=2,
+                ckpt_every=1)
+  assert not (tmp_path / "run" / "DONE").exists()
+  assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))
