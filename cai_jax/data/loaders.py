@@ -158,6 +158,15 @@ def dialogue_loader(source: Sequence[Any], tokenizer: Tokenizer, *, seq_len: int
                        pack=pack, num_open_rows=num_open_rows, read_options=read_options)
 
 
+def encode_response(tokenizer: Tokenizer, prompt: Sequence[Turn], response: str
+                    ) -> tuple[list[int], list[int]]:
+  """``prompt`` + an Assistant turn ``response`` -> (ids, mask with 1 only on the response
+  turn's body and end-of-turn token): how a preference model sees a response."""
+  n_prompt = len(tokenizer.encode_dialogue(list(prompt)).ids)
+  enc = tokenizer.encode_dialogue(list(prompt) + [Turn(ASSISTANT, response)])
+  return enc.ids, [0] * n_prompt + list(enc.loss_mask[n_prompt:])
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodePair:
   """Preference record -> ``tokens``/``loss_mask`` [2, seq_len] (chosen, rejected), the
@@ -168,12 +177,10 @@ class EncodePair:
 
   def __call__(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
     prompt = parse_hh(to_text(example["prompt"]))
-    n_prompt = len(self.tokenizer.encode_dialogue(prompt).ids)
     rows = []
     for key in ("chosen", "rejected"):
-      enc = self.tokenizer.encode_dialogue(prompt + [Turn(ASSISTANT, to_text(example[key]))])
-      mask = [0] * n_prompt + enc.loss_mask[n_prompt:]
-      rows.append(packing.pad_example(enc.ids, mask, self.seq_len, self.tokenizer.pad_id))
+      ids, mask = encode_response(self.tokenizer, prompt, to_text(example[key]))
+      rows.append(packing.pad_example(ids, mask, self.seq_len, self.tokenizer.pad_id))
     return {"tokens": np.stack([r["tokens"] for r in rows]),
             "loss_mask": np.stack([r["loss_mask"] for r in rows]),
             "p_chosen": np.float32(example.get("p_chosen", 1.0)),

@@ -189,3 +189,29 @@ def build_or_reuse(make_builder: Callable[[], tfds.core.DatasetBuilder], digest:
 def to_text(value: Any) -> str:
   """A text feature value as ``str`` (TFDS returns bytes)."""
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return to_text(value)
+  if isinstance(value, list):
+    return [_plain(v) for v in value]
+  return value
+
+
+def read_rows(path: str, name: str, split: str | None = None) -> list[dict[str, Any]]:
+  """Every row of a record set, text decoded to ``str`` (also inside sequences).
+
+  Args:
+    path: the set's folder ``DATA_DIR/NAME``, or a program workdir holding
+      ``records/NAME``.
+    name: the set's name (to find it inside a workdir).
+    split: one split; None: all splits, concatenated in name order.
+  """
+  if os.path.isdir(os.path.join(path, "records", name)):
+    path = os.path.join(path, "records", name)
+  data_dir, base = os.path.split(os.path.normpath(path))
+  found = read_records(data_dir, base, split=split)
+  sources = [found] if split is not None else [found[k] for k in sorted(found)]
+  return [{k: _plain(v) for k, v in src[i].items()} for src in sources
+          for i in range(len(src))]

@@ -1,6 +1,7 @@
 """Pieces every training program shares: batch placement, the LM loss step, resume."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -146,6 +147,48 @@ def write_jsonl_atomic(path: str, rows: Sequence[dict]) -> None:
     for row in rows:
       f.write(json.dumps(row, sort_keys=True) + "\n")
   os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+  """A resumable job over ``num_items`` items in shards of ``shard_size``: each finished
+  shard is one JSONL file ``{directory}/shard_NNNNN.jsonl`` (written atomically), and a
+  rerun does only the shards whose file is missing. ``open`` checks the run's spec."""
+
+  directory: str
+  num_items: int
+  shard_size: int
+
+  @classmethod
+  def open(cls, directory: str, spec: dict, num_items: int, shard_size: int) -> "Shards":
+    os.makedirs(directory, exist_ok=True)
+    check_spec(directory, spec)
+    return cls(directory, num_items, shard_size)
+
+  @property
+  def num_shards(self) -> int:
+    return -(-self.num_items // self.shard_size)
+
+  def path(self, shard: int) -> str:
+    return os.path.join(self.directory, f"shard_{shard:05d}.jsonl")
+
+  def items(self, shard: int) -> range:
+    """Indices of the items of ``shard``."""
+    return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_items))
+
+  def todo(self) -> list[int]:
+    return [s for s in range(self.num_shards) if not os.path.isfile(self.path(s))]
+
+  def write(self, shard: int, rows: Sequence[dict]) -> None:
+    write_jsonl_atomic(self.path(shard), rows)
+
+  def read_all(self) -> list[dict]:
+    """Every shard's rows, in shard order (all shards must be finished)."""
+    rows = []
+    for s in range(self.num_shards):
+      with open(self.path(s), encoding="utf-8") as f:
+        rows += [json.loads(line) for line in f]
+    return rows
 
 
 def check_spec(shard_dir: str, spec: dict) -> None:

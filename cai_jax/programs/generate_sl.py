@@ -39,7 +39,7 @@ from cai_jax import constitution as cc
 from cai_jax.data.builders import write_records
 from cai_jax.data.conversations import read_conversations, write_conversations
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, parse_hh, render
-from cai_jax.data.records import read_records, sha256_file, to_text
+from cai_jax.data.records import read_rows, sha256_file
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model
 from cai_jax.programs import common
@@ -233,19 +233,17 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
   # --- Prompts, constitution, spec ---------------------------------------------
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
   prompts = read_prompts(prompts_path)[:max_prompts]
-  shard_dir = os.path.join(workdir, SHARDS_DIR)
-  os.makedirs(shard_dir, exist_ok=True)
   spec = {"model_dir": os.path.abspath(model_dir), "prompts_sha256": sha256_file(prompts_path),
           "num_prompts": len(prompts), "constitution_hash": const.content_hash,
           "num_rounds": num_rounds, "direct_revision": direct_revision,
           "exemplars": exemplars, "max_new_tokens": max_new_tokens,
           "temperature": temperature, "top_p": top_p, "seed": seed,
           "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse}
-  common.check_spec(shard_dir, spec)
-  num_shards = -(-len(prompts) // shard_size)
-  shard_path = lambda s: os.path.join(shard_dir, f"shard_{s:05d}.jsonl")  # noqa: E731
-  todo = [s for s in range(num_shards) if not os.path.isfile(shard_path(s))]
-  _log.info("generate_sl: %d prompts, %d shards, %d to do", len(prompts), num_shards, len(todo))
+  shards = common.Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts),
+                              shard_size)
+  todo = shards.todo()
+  _log.info("generate_sl: %d prompts, %d shards, %d to do", len(prompts), shards.num_shards,
+            len(todo))
 
   # --- Mesh, model, sampler ----------------------------------------------------
   if todo:
@@ -258,7 +256,7 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
   ex = const.critique_exemplars if exemplars else ()
 
   # --- Loop over unfinished shards ---------------------------------------------
-  left = sum(len(prompts[s * shard_size:(s + 1) * shard_size]) for s in todo)
+  left = sum(len(shards.items(s)) for s in todo)
   bar = tqdm.tqdm(total=len(prompts), initial=len(prompts) - left, desc="generate_sl",
                   unit="prompt", mininterval=1.0, disable=None)
   t0, new_tokens = time.perf_counter(), 0
@@ -267,10 +265,8 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
       _log.info("generate_sl: stopping after %d new shards (max_shards)", n_new)
       bar.close()
       return out_path
-    lo = s * shard_size
-    chains = [_Chain(lo + i, pid, req, cc.sample_critique_principles(
-        const, seed=seed, prompt_index=lo + i, num_rounds=num_rounds))
-              for i, (pid, req) in enumerate(prompts[lo:lo + shard_size])]
+    chains = [_Chain(i, *prompts[i], cc.sample_critique_principles(
+        const, seed=seed, prompt_index=i, num_rounds=num_rounds)) for i in shards.items(s)]
     for b in range(0, len(chains), batch_size):
       batch = chains[b:b + batch_size]
       new_tokens += _generate_batch(sampler, tok, batch, num_rounds=num_rounds,
@@ -279,17 +275,14 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
                                     **kw)
       bar.update(len(batch))
       bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - t0):.0f}")
-    common.write_jsonl_atomic(shard_path(s), [c.example(render(c.request), num_rounds,
+    shards.write(s, [c.example(render(c.request), num_rounds,
                                                  direct_revision) for c in chains])
   bar.close()
 
   # --- Gather shards, write the record set -------------------------------------
-  rows = []
-  for s in range(num_shards):
-    with open(shard_path(s), encoding="utf-8") as f:
-      rows += [json.loads(line) for line in f]
+  rows = shards.read_all()
   if [r["index"] for r in rows] != list(range(len(prompts))):
-    raise RuntimeError(f"shards in {shard_dir} do not cover the prompts exactly once")
+    raise RuntimeError(f"shards in {shards.directory} do not cover the prompts exactly once")
   n_bad = sum(r["malformed"] for r in rows)
   n_fallback = sum(r["fallbacks"] for r in rows)
   _log.info("generate_sl: %d chains, %d malformed, %d fresh-prefill fallbacks",
@@ -308,18 +301,7 @@ def generate_sl(workdir: str, *, model_dir: str = gin.REQUIRED,
 
 def read_sl_data(path: str) -> list[dict[str, Any]]:
   """Rows of an ``sl_data`` record set: ``DATA_DIR/NAME`` or a generate_sl workdir."""
-  if os.path.isdir(os.path.join(path, "records", DATASET_NAME)):
-    path = os.path.join(path, "records", DATASET_NAME)
-  data_dir, name = os.path.split(os.path.normpath(path))
-  src = read_records(data_dir, name, split="train")
-  rows = []
-  for i in range(len(src)):
-    ex = src[i]
-    rows.append({k: (to_text(v) if isinstance(v, bytes) else
-                     [to_text(x) for x in v] if k in ("principle_ids", "critiques",
-                                                      "revisions", "flags") else v)
-                 for k, v in ex.items()})
-  return rows
+  return read_rows(path, DATASET_NAME, "train")
 
 
 @gin.configurable

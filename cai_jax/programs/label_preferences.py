@@ -51,8 +51,8 @@ from cai_jax import constitution as cc
 from cai_jax import judge
 from cai_jax.data.builders import write_records
 from cai_jax.data.conversations import parse_preference_row, read_jsonl
-from cai_jax.data.dialogue import ASSISTANT, parse_hh, render
-from cai_jax.data.records import sha256_file
+from cai_jax.data.dialogue import render
+from cai_jax.data.records import read_rows, sha256_file
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model
 from cai_jax.programs import common
@@ -358,8 +358,6 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
   prompts = read_prompts(prompts_path)[:max_prompts]
   feedback_dir = feedback_dir or policy_dir
-  shard_dir = os.path.join(workdir, SHARDS_DIR)
-  os.makedirs(shard_dir, exist_ok=True)
   spec = {"policy_dir": os.path.abspath(policy_dir),
           "feedback_dir": os.path.abspath(feedback_dir),
           "prompts_sha256": sha256_file(prompts_path), "num_prompts": len(prompts),
@@ -371,12 +369,11 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
           "seed": seed, "shard_size": shard_size, "batch_size": batch_size}
   if second_policy_dir is not None:
     spec["second_policy_dir"] = os.path.abspath(second_policy_dir)
-  common.check_spec(shard_dir, spec)
-  num_shards = -(-len(prompts) // shard_size)
-  shard_path = lambda s: os.path.join(shard_dir, f"shard_{s:05d}.jsonl")  # noqa: E731
-  todo = [s for s in range(num_shards) if not os.path.isfile(shard_path(s))]
-  _log.info("label_preferences: %d prompts, %d shards, %d to do", len(prompts), num_shards,
-            len(todo))
+  shards = common.Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts),
+                              shard_size)
+  todo = shards.todo()
+  _log.info("label_preferences: %d prompts, %d shards, %d to do", len(prompts),
+            shards.num_shards, len(todo))
 
   if todo:
     mesh = common.build_mesh(mesh_shape)
@@ -398,7 +395,7 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
     sample_kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
   ex = const.comparison_exemplars if exemplars else ()
 
-  left = sum(len(prompts[s * shard_size:(s + 1) * shard_size]) for s in todo)
+  left = sum(len(shards.items(s)) for s in todo)
   bar = tqdm.tqdm(total=len(prompts), initial=len(prompts) - left, desc="label_preferences",
                   unit="prompt", mininterval=1.0, disable=None)
   timing = {"generation_s": 0.0, "judge_s": 0.0, "pairs": 0}
@@ -407,8 +404,7 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
       _log.info("label_preferences: stopping after %d new shards (max_shards)", n_new)
       bar.close()
       return out_path
-    lo = s * shard_size
-    items = [(lo + i, pid, req) for i, (pid, req) in enumerate(prompts[lo:lo + shard_size])]
+    items = [(i, *prompts[i]) for i in shards.items(s)]
     rows = []
     for b in range(0, len(items), batch_size):
       batch_rows, t = _label_batch(policy, judge_, tok, const, items[b:b + batch_size],
@@ -423,14 +419,11 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
       bar.update(len(items[b:b + batch_size]))
       spent = timing["generation_s"] + timing["judge_s"]
       bar.set_postfix(pairs_s=f"{timing['pairs'] / max(spent, 1e-9):.1f}")
-    common.write_jsonl_atomic(shard_path(s), rows)
+    shards.write(s, rows)
   bar.close()
 
   # --- Gather shards, mix helpful pairs, split, write ------------------------------
-  rows = []
-  for s in range(num_shards):
-    with open(shard_path(s), encoding="utf-8") as f:
-      rows += [json.loads(line) for line in f]
+  rows = shards.read_all()
   n_ai = len(rows)
   helpful = _helpful_rows(helpful_data, max_helpful) if helpful_data else []
   for i, r in enumerate(helpful):
@@ -468,29 +461,7 @@ def label_preferences(workdir: str, *, policy_dir: str = gin.REQUIRED,
   return out_path
 
 
-def read_pref_data(path: str, split: str = "train") -> list[dict[str, Any]]:
-  """Rows of a ``pref_data`` record set (``DATA_DIR/NAME`` or a labeling workdir)."""
-  # pylint: disable=import-outside-toplevel
-  from cai_jax.data.records import read_records, to_text
-  if os.path.isdir(os.path.join(path, "records", DATASET_NAME)):
-    path = os.path.join(path, "records", DATASET_NAME)
-  data_dir, name = os.path.split(os.path.normpath(path))
-  src = read_records(data_dir, name, split=split)
-  rows = []
-  for i in range(len(src)):
-    ex = dict(src[i])
-    for k, v in ex.items():
-      if isinstance(v, bytes):
-        ex[k] = to_text(v)
-      elif k in ("principle_ids", "reasoning", "flags"):
-        ex[k] = [to_text(x) for x in v]
-    rows.append(ex)
-  return rows
-
-
-def prompt_turns(row: dict) -> tuple:
-  """The request turns of a pair row (its ``prompt`` field)."""
-  turns = tuple(parse_hh(row["prompt"]))
-  if turns and turns[-1].role == ASSISTANT and not turns[-1].text:
-    turns = turns[:-1]
-  return turns
+def read_pref_data(path: str, split: str | None = None) -> list[dict[str, Any]]:
+  """Rows of a ``pref_data`` set (``DATA_DIR/NAME`` or a labeling workdir); split None:
+  every split."""
+  return read_rows(path, DATASET_NAME, split)

@@ -47,7 +47,8 @@ from flax import nnx
 
 from cai_jax import constitution as cc
 from cai_jax import models
-from cai_jax.data.dialogue import ASSISTANT, Turn
+from cai_jax.data.dialogue import Turn
+from cai_jax.data.loaders import encode_response
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.losses import kl as kl_lib
 from cai_jax.losses import ppo as ppo_lib
@@ -94,11 +95,7 @@ def pm_arrays(tok: Tokenizer, requests: Sequence[tuple[Turn, ...]], answers: Seq
   """The preference model's input, encoded exactly as its training pairs: ``pm_tokens``
   [rows, L] and ``pm_mask`` (1 on the answer turn's tokens; the score is read at the
   last 1). Rows past ``len(answers)`` are padding."""
-  encoded = []
-  for req, ans in zip(requests, answers):
-    n_prompt = len(tok.encode_dialogue(list(req)).ids)
-    enc = tok.encode_dialogue(list(req) + [Turn(ASSISTANT, ans)])
-    encoded.append((enc.ids, [0] * n_prompt + list(enc.loss_mask[n_prompt:])))
+  encoded = [encode_response(tok, req, ans) for req, ans in zip(requests, answers)]
   length = buckets.length_bucket(max(len(ids) for ids, _ in encoded))
   tokens = np.full((rows, length), tok.pad_id, np.int32)
   mask = np.zeros((rows, length), np.float32)
@@ -284,6 +281,7 @@ def ppo(workdir: str, *, policy_from: str = gin.REQUIRED, reward_model: str = gi
   n_mb = rollout_batch // minibatch_size
   total_steps = num_iterations * ppo_epochs * n_mb
   tx, schedule = optimizer(total_steps=total_steps)
+  # Fresh copies (not ref_params / rm_params): the train step donates the state's arrays.
   init_params = lambda: {  # noqa: E731
       "policy": load_model(policy_from, mesh=mesh, kind="lm")[2],
       "value": load_model(value_from, mesh=mesh, kind="scalar")[2]}

@@ -7,7 +7,7 @@ Metrics, from greedy answers to the held-out ``eval.jsonl`` requests:
 * ``evasive``: share of harmful requests answered with a bare refusal (``refuse_flat``);
 * ``explained_refusal``: share of harmful requests answered with ``refuse_explain``;
 * ``over_refusal``: share of benign requests refused; ``incoherent``: share of all answers
-  the oracle cannot parse;
+  the oracle cannot parse; ``utility``: mean ``Verdict.utility`` over all answers;
 * per category: harm rate or helpfulness (the blind-spot category is marked);
 * optionally the model's skill as a critic (does its critique flag harm when there is
   harm?) and as a judge (does it prefer the better of two answers, both orders averaged).
@@ -31,7 +31,7 @@ import numpy as np
 from cai_jax import models
 from cai_jax.constitution import (comparison_prompt, critique_prompt, initial_prompt,
                                   load_constitution, resolve_constitution_path)
-from cai_jax.data.dialogue import parse_hh
+from cai_jax.data.dialogue import HUMAN, Turn, parse_hh, render
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import load_model
 from cai_jax.sampling import Sampler
@@ -76,6 +76,7 @@ def answer_metrics(requests: list[generator.Request], answers: list[str],
       "explained_refusal": mean([v.style == "refuse_explain" for v in harm]),
       "over_refusal": mean([v.style in ("refuse_flat", "refuse_explain") for v in benign]),
       "incoherent": mean([v.style == "incoherent" for v in verdicts]),
+      "utility": mean([v.utility for v in verdicts]),
       "n_harmful": len(harm), "n_benign": len(benign),
       "styles": dict(styles), "categories": categories,
   }
@@ -290,12 +291,7 @@ def toy_label_eval(workdir: str, *, label_dir: str = gin.REQUIRED,
   with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
     blind_spot = json.load(f)["corpus"]["blind_spot"]
   by_text = {r.text.strip(): r for r in read_requests(os.path.join(data_dir, "red_team.jsonl"))}
-  rows = []
-  for split in ("train", "eval"):
-    try:
-      rows += read_pref_data(label_dir, split)
-    except Exception:  # pylint: disable=broad-except  # a set without an eval split
-      continue
+  rows = read_pref_data(label_dir)
   right, conf, blind, n_tied, n_ai = [], [], [], 0, 0
   for r in rows:
     if r["source"] != "ai":
@@ -347,9 +343,8 @@ def toy_probe(*, data_dir: str = "data", n: int = 96, max_new_tokens: int = 96,
     answers = _generate(sampler, tok, [p.token_ids(tok) for p in turns], max_new_tokens,
                         batch_size)
     m = answer_metrics(probe_set, answers, None)
-    verdicts = [oracle.score(r, a) for r, a in zip(probe_set, answers)]
     scores = score_fn([p.turns for p in turns], answers)
-    return {"true_utility": float(np.mean([v.utility for v in verdicts])),
+    return {"true_utility": m["utility"],
             "harm_rate": m["harm_rate"], "helpfulness": m["helpfulness"],
             "evasive": m["evasive"], "incoherent": m["incoherent"],
             "pm_score": float(np.mean(scores))}
@@ -487,8 +482,10 @@ def toy_pm_eval(workdir: str, *, pm_dir: str = gin.REQUIRED, label_dir: str = gi
     right = []
     for h, (rc, rr) in zip(held, r):
       req = _request_of(h["prompt"], by_text)
+      if req is None:
+        continue
       uc, ur = oracle.score(req, h["chosen"]).utility, oracle.score(req, h["rejected"]).utility
-      if req is not None and uc != ur:
+      if uc != ur:
         right.append((rc > rr) == (uc > ur))
     results["heldout_oracle_pairs"] = len(right)
     results["heldout_oracle_accuracy"] = float(np.mean(right)) if right else float("nan")
@@ -498,7 +495,7 @@ def toy_pm_eval(workdir: str, *, pm_dir: str = gin.REQUIRED, label_dir: str = gi
                                   (False, "comply", "refuse_flat",
                                    "prefers_compliance_on_benign")):
     reqs = [q for q in probes if q.harmful == harmful]
-    pairs = [{"prompt": render_request(q), "chosen": generator.respond(q, good, rng),
+    pairs = [{"prompt": render([Turn(HUMAN, q.text)]), "chosen": generator.respond(q, good, rng),
               "rejected": generator.respond(q, bad, rng)} for q in reqs]
     r = rewards(pairs)
     results[key] = float(np.mean(r[:, 0] > r[:, 1]))
@@ -508,9 +505,3 @@ def toy_pm_eval(workdir: str, *, pm_dir: str = gin.REQUIRED, label_dir: str = gi
   _log.info("toy_pm_eval: %s", {k: round(v, 3) for k, v in results.items()})
   return results
 
-
-def render_request(request: generator.Request) -> str:
-  """A request as a public-format prompt (one Human turn)."""
-  # pylint: disable=import-outside-toplevel
-  from cai_jax.data.dialogue import HUMAN, Turn, render
-  return render([Turn(HUMAN, request.text)])
