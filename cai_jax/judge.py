@@ -117,3 +117,25 @@ def ensemble(probs: jax.Array, axis: int = -1) -> jax.Array:
     float32 probabilities with ``axis`` removed.
   """
   return jnp.mean(jnp.asarray(probs, jnp.float32), axis=axis)
+
+
+def label_from_probabilities(p_a_order1, p_a_order2=None, *,
+                             clamp: tuple[float, float] | None = None) -> float:
+  """P(first answer preferred) from per-principle option probabilities.
+
+  Per principle: both orders averaged (``order_averaged_probability``) when the swapped
+  order was scored; then the mean over principles (``ensemble``); then the clamp, once,
+  at the end (the order suggested in the module docstring).
+
+  Args:
+    p_a_order1: [P] P("(A)") per principle with the first answer shown as (A).
+    p_a_order2: [P] the same with the order swapped, or None / empty (one order).
+    clamp: optional (lo, hi) band.
+  """
+  p = jnp.asarray(p_a_order1, jnp.float32)
+  if p_a_order2 is not None and len(p_a_order2):
+    p = order_averaged_probability(p, jnp.asarray(p_a_order2, jnp.float32))
+  p = ensemble(p, axis=-1)
+  if clamp is not None:
+    p = clamp_probability(p, clamp)
+  return float(p)

@@ -36,7 +36,8 @@ from cai_jax.data.records import (DataSource, build_or_reuse, content_hash, file
 
 __all__ = ["PreferencePairs", "RedTeamPrompts", "build_preference_pairs",
            "build_red_team_prompts", "dialogue_example", "dialogue_features",
-           "preference_features", "prompt_features", "read_records", "write_records"]
+           "open_preference_pairs", "preference_features", "prompt_features",
+           "read_records", "write_records"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 Splits = Mapping[str, Iterable[Mapping[str, Any]]]
@@ -259,3 +260,23 @@ def build_preference_pairs(jsonl: str | Mapping[str, str], data_dir: str, *,
   Args and errors as ``build_red_team_prompts``; examples follow ``preference_features``.
   """
   return _build_jsonl(PreferencePairs, jsonl, data_dir, provenance, overwrite)
+
+
+def open_preference_pairs(path: str, build_dir: str, split: str = "train") -> DataSource:
+  """Preference pairs (``preference_features``) for a program to read.
+
+  Args:
+    path: a chosen/rejected JSONL file (built into a record set under ``build_dir``),
+      or a record set folder ``DATA_DIR/NAME`` (``build_preference_pairs``, or the
+      labeling program's ``pref_data``).
+    build_dir: where a JSONL file is built (one folder per file: the set's name is
+      fixed, so two different files cannot share a folder).
+    split: the split to read from a record set (a JSONL file is built as this split).
+
+  Returns:
+    A random-access data source of pair records.
+  """
+  if path.endswith(".jsonl"):
+    return build_preference_pairs({split: path}, build_dir)[split]
+  data_dir, name = os.path.split(os.path.normpath(path))
+  return read_records(data_dir, name, split=split)

@@ -214,6 +214,13 @@ def parse_prompt_row(obj: dict) -> dict[str, Any]:
           "prompt": _rendered(turns, "prompt"), "category": category}
 
 
+def read_prompts(path: str) -> list[tuple[str, tuple[Turn, ...]]]:
+  """(id, request turns) per line of a prompt JSONL (``parse_prompt_row``: ``{"prompt":
+  str}`` or ``{"text": HH dialogue ending with a Human turn}``, optional ``id``)."""
+  return [(row["id"], tuple(parse_hh(row["prompt"]))) for row in read_jsonl(path,
+                                                                          parse_prompt_row)]
+
+
 def parse_preference_row(obj: dict) -> dict[str, Any]:
   """A chosen/rejected line -> a ``preference_features`` example (id "" if absent)."""
   prompts, responses = {}, {}

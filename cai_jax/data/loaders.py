@@ -99,11 +99,6 @@ class EncodeDialogue:
     return {"ids": np.asarray(enc.ids, np.int32), "loss_mask": np.asarray(mask, np.int32)}
 
 
-def encode_prompt(tokenizer: Tokenizer, example: Mapping[str, Any]) -> list[int]:
-  """A prompt record's ids, ending in an open Assistant header (where a model answers)."""
-  return tokenizer.encode_dialogue(example_turns(example), open_role=ASSISTANT).ids
-
-
 @dataclasses.dataclass(frozen=True)
 class _Pad:
   seq_len: int
@@ -161,7 +156,9 @@ def dialogue_loader(source: Sequence[Any], tokenizer: Tokenizer, *, seq_len: int
 def encode_response(tokenizer: Tokenizer, prompt: Sequence[Turn], response: str
                     ) -> tuple[list[int], list[int]]:
   """``prompt`` + an Assistant turn ``response`` -> (ids, mask with 1 only on the response
-  turn's body and end-of-turn token): how a preference model sees a response."""
+  turn's body and end-of-turn token): how a preference model sees a response, and how
+  DPO sums its log-probs. Cut a long one with ``packing.keep_end`` (the prompt goes
+  first, from the left; the end-of-turn token, where the score is read, stays)."""
   n_prompt = len(tokenizer.encode_dialogue(list(prompt)).ids)
   enc = tokenizer.encode_dialogue(list(prompt) + [Turn(ASSISTANT, response)])
   return enc.ids, [0] * n_prompt + list(enc.loss_mask[n_prompt:])
@@ -170,7 +167,9 @@ def encode_response(tokenizer: Tokenizer, prompt: Sequence[Turn], response: str
 @dataclasses.dataclass(frozen=True)
 class EncodePair:
   """Preference record -> ``tokens``/``loss_mask`` [2, seq_len] (chosen, rejected), the
-  mask on the final response only, ``p_chosen`` and ``num_truncated`` (0..2)."""
+  mask on the final response only, ``p_chosen`` and ``num_truncated`` (0..2: responses
+  longer than ``seq_len``, whose prompt was cut from the left so that the response and
+  its end-of-turn token stay; see ``packing.keep_end``)."""
 
   tokenizer: Tokenizer
   seq_len: int
@@ -180,7 +179,8 @@ class EncodePair:
     rows = []
     for key in ("chosen", "rejected"):
       ids, mask = encode_response(self.tokenizer, prompt, to_text(example[key]))
-      rows.append(packing.pad_example(ids, mask, self.seq_len, self.tokenizer.pad_id))
+      rows.append(packing.pad_example(ids, mask, self.seq_len, self.tokenizer.pad_id,
+                                      keep="end"))
     return {"tokens": np.stack([r["tokens"] for r in rows]),
             "loss_mask": np.stack([r["loss_mask"] for r in rows]),
             "p_chosen": np.float32(example.get("p_chosen", 1.0)),

@@ -10,7 +10,8 @@ A packed row holds several examples back to back; four int32 arrays describe it:
 Feed ``segment_ids``/``positions`` to the model (``segment_ids_bt``/``positions_bt``) so
 attention stays inside an example, and weight next-token targets with
 ``next_token_weights`` so no example predicts the first token of the next one.
-Examples longer than ``seq_len`` are truncated to their first ``seq_len`` tokens and
+Examples longer than ``seq_len`` are truncated to their first ``seq_len`` tokens (or, for
+a scored response, to their bos and last tokens: ``pad_example(..., keep="end")``) and
 counted; none is ever dropped.
 """
 from __future__ import annotations
@@ -152,12 +153,35 @@ def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> Pac
   return PackedArrays(**arrays, stats=stats)
 
 
+def keep_end(ids: np.ndarray, mask: np.ndarray, seq_len: int, *,
+             keep_first: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """An example cut to ``seq_len`` tokens from the left: its first ``keep_first`` tokens
+  (the bos) and its last ``seq_len - keep_first`` ones. A response at the end of the
+  example keeps its end-of-turn token, where a preference model reads its score."""
+  if len(ids) <= seq_len:
+    return ids, mask
+  keep_first = min(keep_first, seq_len - 1)
+  tail = seq_len - keep_first
+  return (np.concatenate([ids[:keep_first], ids[-tail:]]),
+          np.concatenate([mask[:keep_first], mask[-tail:]]))
+
+
 def pad_example(ids: Sequence[int], loss_mask: Sequence[int], seq_len: int,
-                pad_id: int) -> dict[str, np.ndarray]:
-  """One example as a row of its own (segment 1), plus ``num_truncated`` (0 or 1)."""
+                pad_id: int, *, keep: str = "start") -> dict[str, np.ndarray]:
+  """One example as a row of its own (segment 1), plus ``num_truncated`` (0 or 1).
+
+  An example longer than ``seq_len`` keeps its first tokens (``keep="start"``), or its
+  first token and its last ones (``keep="end"``, see ``keep_end``: for responses scored
+  at their end, whose prompt may be cut instead).
+  """
   ids, mask = _checked(0, ids, loss_mask)
+  truncated = len(ids) > seq_len
+  if keep == "end":
+    ids, mask = keep_end(ids, mask, seq_len)
+  elif keep != "start":
+    raise ValueError(f"keep must be 'start' or 'end', got {keep!r}")
   row = assemble_row([(ids[:seq_len], mask[:seq_len])], seq_len, pad_id)
-  row["num_truncated"] = np.int32(len(ids) > seq_len)
+  row["num_truncated"] = np.int32(truncated)
   return row
 
 

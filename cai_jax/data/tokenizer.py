@@ -181,6 +181,12 @@ class Tokenizer:
       ids = ids[:ids.index(self._eos_id)]
     return self.decode(ids)
 
+  def decode_generated(self, ids: Iterable[int]) -> str:
+    """A generated turn's text: cut at the end of turn, stripped. Ids past the
+    vocabulary (a model vocabulary padded for sharding can sample them) decode to
+    nothing; every program decodes sampled ids through this method."""
+    return self.decode_body([i for i in ids if 0 <= int(i) < self._vocab_size]).strip()
+
 
 def train_tokenizer(texts: Iterable[str] | None = None, *, input_file: str | None = None,
                     model_prefix: str, vocab_size: int, model_type: str = "bpe",

@@ -8,14 +8,18 @@ Public API:
     start / extend / decode for finer control.
   candidate_logprobs(model, sequences, candidates, ...): judge option log-probs.
   sequence_logprobs(model, prompts, continuations, ...): summed continuation log-probs.
+  generate_texts(sampler, tokenizer, prompts, ...): continuations decoded to text.
+  call_seed(*parts): a seed as a pure function of names.
 """
 from cai_jax.sampling.cache import DecodeState
 from cai_jax.sampling.sampler import (Conversation, Sampler, SampleOutput, continue_generation,
                                       generate)
+from cai_jax.sampling.seeds import call_seed
 from cai_jax.sampling.select import Mode
 
 __all__ = ["Conversation", "DecodeState", "Mode", "SampleOutput", "Sampler",
-           "continue_generation", "generate"]
+           "call_seed", "continue_generation", "generate"]
 from cai_jax.sampling.scoring import SequenceScores, candidate_logprobs, sequence_logprobs
+from cai_jax.sampling.text import generate_texts
 
-__all__ += ["SequenceScores", "candidate_logprobs", "sequence_logprobs"]
+__all__ += ["SequenceScores", "candidate_logprobs", "generate_texts", "sequence_logprobs"]

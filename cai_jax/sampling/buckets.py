@@ -1,6 +1,6 @@
 """Shape buckets: every jitted sampler function sees a handful of static shapes.
 
-Recompilation is the most common "slow JAX" bug (PERFORMANCE.md §3, item 5). The
+Recompilation is the most common "slow JAX" bug. The
 sampler pads the batch, the prompt (or continuation chunk) length and the
 generation budget up to a bucket, so calls with similar sizes reuse one executable.
 Buckets are powers of two with a floor; the batch bucket is also a multiple of the

@@ -3,7 +3,7 @@
 ``Sampler`` wraps a split model ``(graphdef, params)`` and an optional mesh; it
 pads inputs to shape buckets, calls the jitted programs of ``engine`` and trims
 the results. ``generate`` / ``continue_generation`` are the module-level
-shortcuts on an NNX model (DESIGN.md §3).
+shortcuts on an NNX model (the public API in the README).
 
 Prefix reuse:
 * ``num_samples=n`` prefills each prompt once and forks the cache n ways.
@@ -240,7 +240,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tok
              stop_tokens: Sequence[int] = (), num_samples: int = 1,
              keep_state: bool = False, cache_len: int | None = None,
              mesh: Mesh | None = None) -> SampleOutput:
-  """Samples continuations of ragged prompts (DESIGN.md §3).
+  """Samples continuations of ragged prompts (the public sampling API).
 
   Args:
     model: an NNX ``Transformer``.

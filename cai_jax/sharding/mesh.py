@@ -9,6 +9,7 @@ defaults to Explicit axes in jax >= 0.10, which we do not want here.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -17,6 +18,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh
 
 AXES = ("data", "fsdp", "tensor")
+
+_log = logging.getLogger(__name__)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
@@ -58,3 +61,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
 def single_device_mesh() -> Mesh:
   """A 1x1x1 mesh on the first device (for host-side tools and tests)."""
   return make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+def build_mesh(shape: Sequence[int]) -> Mesh:
+  """``make_mesh(*shape)`` for a program's ``mesh_shape`` (data, fsdp, tensor), logged."""
+  mesh = make_mesh(*shape)
+  _log.info("mesh %s on %d devices", dict(mesh.shape), mesh.size)
+  return mesh

@@ -113,7 +113,7 @@ class Checkpointer:
                                            save_interval_steps=save_interval_steps,
                                            enable_async_checkpointing=async_save, create=True)
     # Registering the handlers up front lets a fresh process read existing steps
-    # (without them, item metadata is None and restores fail; ENVIRONMENT.md §6).
+    # (without them, item metadata is None and restores fail).
     self._manager = ocp.CheckpointManager(
         directory, options=options,
         item_handlers={_STATE: ocp.StandardCheckpointHandler(),

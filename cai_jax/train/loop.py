@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
+from cai_jax.train import faults
 from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.state import TrainState
 
@@ -56,22 +56,29 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
     metadata: extra JSON metadata saved with every checkpoint.
     desc: progress bar label.
 
+  A batch's ``num_truncated`` (examples cut to fit ``seq_len``, from the loaders) is
+  not sent to the device: it is logged as ``data/truncated`` (share of examples cut)
+  and counted in a warning.
+
   Raises:
     NonFiniteError: the loss or gradients became NaN/inf; the state was not
       updated and no checkpoint was written after the last good one.
   """
   start = int(jax.device_get(state.step))
-  # Fault injection for resume tests: die abruptly (no cleanup, like SIGKILL) after
-  # this step, possibly while an async checkpoint is still being written.
-  exit_after = int(os.environ.get("CAI_JAX_FAULT_EXIT_AFTER_STEP", "0"))
+  cut = _TruncationCount(desc)
   window: list[dict] = []
   t0 = time.perf_counter()
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                   mininterval=1.0, disable=None)
   for step in range(start, num_steps):
-    batch = next(batches)
+    batch = dict(next(batches))
+    n_cut = cut.add(batch.pop("num_truncated", None))
     state, metrics = step_fn(state, put_batch(batch), rng)
-    m = _host(metrics)  # blocks every step: see ENVIRONMENT.md §3 (CPU collectives)
+    # Blocks every step: on a 2-core CPU, a few dozen multi-device executions with
+    # collectives in flight deadlock (fake CPU devices); one at a time never does.
+    m = _host(metrics)
+    if n_cut is not None:
+      m["data/truncated"] = n_cut
     if not bool(m.pop("finite")):
       bar.close()
       raise NonFiniteError(
@@ -93,12 +100,37 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
     if checkpointer is not None and ((ckpt_every and done % ckpt_every == 0)
                                      or done == num_steps):
       save_checkpoint(checkpointer, state, data_state=data_state, metadata=metadata)
-    if exit_after and done == exit_after:
-      os._exit(17)  # pylint: disable=protected-access
+    faults.exit_if_due(done)
   bar.close()
+  cut.report()
   if checkpointer is not None:
     checkpointer.wait()
   return state
+
+
+class _TruncationCount:
+  """Counts the examples the loaders cut to fit ``seq_len``; warns once, sums up at the end."""
+
+  def __init__(self, desc: str):
+    self.desc, self.cut, self.seen, self.warned = desc, 0, 0, False
+
+  def add(self, num_truncated) -> float | None:
+    if num_truncated is None:
+      return None
+    rows = np.asarray(num_truncated) > 0
+    self.cut += int(rows.sum())
+    self.seen += rows.size
+    if rows.any() and not self.warned:
+      self.warned = True
+      _log.warning("%s: some examples are longer than seq_len and are cut (pairs keep "
+                   "their responses and lose the start of their prompt); see "
+                   "data/truncated in the metrics", self.desc)
+    return float(rows.mean())
+
+  def report(self) -> None:
+    if self.cut:
+      _log.warning("%s: %d of the %d examples read were cut to fit seq_len", self.desc,
+                   self.cut, self.seen)
 
 
 def save_checkpoint(checkpointer: Any, state: TrainState, *,

@@ -1,0 +1,64 @@
+"""A run's folder: the completion marker and atomic writes of small text files.
+
+A program writes its outputs into its workdir and, last, a ``DONE`` marker; the pipeline
+skips a phase whose folder holds one. Files other programs read are written atomically
+(to ``NAME.tmp``, then renamed), so a killed run never leaves half a file behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterable
+
+DONE_FILE = "DONE"
+
+_log = logging.getLogger(__name__)
+
+
+def is_done(workdir: str) -> bool:
+  """True if ``workdir`` holds a completion marker."""
+  return os.path.isfile(os.path.join(workdir, DONE_FILE))
+
+
+def mark_done(workdir: str, text: str = "") -> None:
+  """Writes the completion marker (``text`` is a one-line summary, e.g. the last step)."""
+  write_text(os.path.join(workdir, DONE_FILE), text)
+
+
+def skip_if_done(workdir: str, program: str) -> bool:
+  """True (and logs it) if ``program`` already completed in ``workdir``."""
+  if is_done(workdir):
+    _log.info("%s: %s is complete, skipping", program, workdir)
+    return True
+  return False
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (creates the folder)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_json(path: str, value: Any, *, indent: int | None = 2,
+               sort_keys: bool = True) -> None:
+  """Writes ``value`` as JSON to ``path`` atomically (``sort_keys=False`` keeps the
+  dicts' order, e.g. table columns)."""
+  write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+  """Writes one JSON object per line to ``path`` atomically."""
+  write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_json(path: str) -> Any:
+  """Reads a JSON file; a malformed one raises ``ValueError`` naming the path."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
