@@ -2,7 +2,8 @@
 
 Library functions take plain arguments. Gin binds program entry points (each
 decorated in its own module under ``cai_jax.programs``) and the few factories
-registered here.
+registered here. The toy world is not registered here: its experiment files import it
+(``import cai_jax.toyworld.configurables`` at their top), so generic code never does.
 """
 from __future__ import annotations
 
@@ -35,15 +36,15 @@ def register() -> None:
   gin.external_configurable(ModelConfig, "ModelConfig")
   gin.external_configurable(optim.make_optimizer, "make_optimizer")
   # Importing a program module registers its gin configurable.
-  import cai_jax.pipeline  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.programs.dpo  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.programs.generate_sl  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.programs.label_preferences  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.programs.ppo  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.programs.preference_model  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.programs.sft  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.toyworld.evaluate  # noqa: F401  pylint: disable=import-outside-toplevel
-  import cai_jax.toyworld.phases  # noqa: F401  pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel,unused-import
+  import cai_jax.pipeline  # noqa: F401
+  import cai_jax.programs.rl_cai.dpo  # noqa: F401
+  import cai_jax.programs.rl_cai.label  # noqa: F401
+  import cai_jax.programs.rl_cai.ppo  # noqa: F401
+  import cai_jax.programs.rl_cai.preference_model  # noqa: F401
+  import cai_jax.programs.sl_cai.conversations  # noqa: F401
+  import cai_jax.programs.sl_cai.generate  # noqa: F401
+  import cai_jax.programs.sl_cai.sft  # noqa: F401
   _registered = True
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 
 import gin
 
-from cai_jax.programs import common
+from cai_jax import workdir as workdir_lib
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
         continue
       phase_dir = os.path.join(root, name)
       banner = f"[{i + 1}/{len(phases)}] {name}"
-      if common.is_done(phase_dir) and name not in always_run:
+      if workdir_lib.is_done(phase_dir) and name not in always_run:
         print(f"{banner}: complete, skipped", flush=True)
         continue
       print(f"{banner}: running", flush=True)
@@ -75,7 +75,7 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
       start = time.perf_counter()
       program(workdir=phase_dir)
       timings[name] = time.perf_counter() - start
-      if not common.is_done(phase_dir):
-        common.mark_done(phase_dir)
+      if not workdir_lib.is_done(phase_dir):
+        workdir_lib.mark_done(phase_dir)
       print(f"{banner}: done in {timings[name]:.1f} s", flush=True)
   return timings

@@ -1,0 +1,1 @@
+"""RL-CAI programs: AI-feedback labels, the preference model, PPO with a KL penalty, DPO."""

@@ -1,0 +1,1 @@
+"""SL-CAI programs: critique -> revision data, the fine-tuning mix, supervised fine-tuning."""

@@ -1,0 +1,85 @@
+"""SL-CAI's fine-tuning data: final revisions of red-team chains mixed with helpfulness.
+
+``sl_conversations`` turns the ``sl_data`` set of ``generate_sl`` into the conversations
+JSONL the SFT program trains on (Bai et al. 2022, Sec. 3.1: the model is fine-tuned on
+(prompt, final revision) pairs, with helpfulness samples so it stays helpful).
+
+  python -m cai_jax.main --gin_param="run.program=@sl_conversations" --workdir=/tmp/sl_data \
+      --gin_param="sl_conversations.sl_data='/tmp/gen/records/sl_data'"
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import gin
+import numpy as np
+
+from cai_jax import constitution as cc
+from cai_jax import workdir as workdir_lib
+from cai_jax.data.conversations import read_conversations, write_conversations
+from cai_jax.data.dialogue import ASSISTANT, Turn, parse_hh
+from cai_jax.data.generated import read_sl_data
+
+_log = logging.getLogger(__name__)
+
+
+@gin.configurable
+def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
+                     helpful_data: str | None = None, helpful_ratio: float = 1.0,
+                     skip_malformed: bool = True, seed: int = 0) -> str:
+  """Writes ``{workdir}/sl_conversations.jsonl``: SFT data for the SL-CAI model.
+
+  Each red-team chain becomes ``(Human prompt, Assistant final revision)``
+  (``revised_dialogue``); helpfulness conversations are mixed in, shuffled with ``seed``.
+
+  Args:
+    workdir: output folder.
+    sl_data: a ``generate_sl`` workdir or its record set folder.
+    helpful_data: a conversations JSONL (``.jsonl``), or a ``generate_sl`` output run on
+      helpful prompts (usually with ``num_rounds=0``) whose *initial* answers (the base
+      model's own) are used; None for no helpfulness data.
+    helpful_ratio: helpful conversations per red-team conversation (capped by supply).
+    skip_malformed: leave out chains whose final answer is truncated or empty (and
+      helpful rows whose initial answer is).
+    seed: which helpful conversations are taken, and the shuffle.
+
+  Returns:
+    The JSONL path (the SFT program's ``train_data``).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  out = os.path.join(workdir, "sl_conversations.jsonl")
+
+  def final_ok(row: dict, name: str) -> bool:
+    return not any(f.startswith(name + ":") for f in row["flags"])
+
+  rows = read_sl_data(sl_data)
+  red = []
+  for r in rows:
+    last = f"revision.{len(r['revisions']) - 1}" if r["revisions"] else "initial"
+    if skip_malformed and not final_ok(r, last):
+      continue
+    red.append(list(cc.revised_dialogue(tuple(parse_hh(r["prompt"])) + (
+        Turn(ASSISTANT, r["initial"]),) + tuple(Turn("Revision", t) for t in r["revisions"]))))
+  helpful: list[list[Turn]] = []
+  if helpful_data is not None:
+    if helpful_data.endswith(".jsonl"):
+      helpful = read_conversations(helpful_data)
+    else:
+      helpful = [list(parse_hh(r["prompt"])) + [Turn(ASSISTANT, r["initial"])]
+                 for r in read_sl_data(helpful_data)
+                 if not skip_malformed or final_ok(r, "initial")]
+  rng = np.random.default_rng(seed)
+  want = int(round(helpful_ratio * len(red)))
+  if want > len(helpful):
+    _log.warning("sl_conversations: %d helpful conversations wanted, %d available",
+                 want, len(helpful))
+  picked = [helpful[i] for i in sorted(rng.permutation(len(helpful))[:want])]
+  mixed = red + picked
+  order = rng.permutation(len(mixed))
+  write_conversations(out, [mixed[i] for i in order])
+  workdir_lib.write_json(os.path.join(workdir, "sl_conversations.json"), {
+      "red_team": len(red), "red_team_skipped": len(rows) - len(red), "helpful": len(picked),
+      "total": len(mixed)})
+  _log.info("sl_conversations: %d red-team + %d helpful -> %s", len(red), len(picked), out)
+  return out

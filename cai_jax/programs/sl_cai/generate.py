@@ -1,0 +1,267 @@
+"""SL-CAI data generation: initial answer, then N x (principle -> critique -> revision).
+
+For every prompt (Bai et al. 2022, Sec. 3.1 and Algorithm 1): sample an initial answer,
+then ``num_rounds`` times draw a critique / revision principle (a pure function of
+``(seed, prompt_index, round)``), ask for a critique and then a revision, in the few-shot
+format of ``cai_jax.constitution.templates``. ``direct_revision=True`` is the paper's
+ablation (no critique turns). Each row's KV cache is carried from turn to turn with the
+sampler's ``continue_generation``: only the new template turns are prefilled.
+
+Work happens in shards of ``shard_size`` prompts; each finished shard is written to
+``{workdir}/shards/shard_NNNNN.jsonl`` (atomically) and a rerun skips finished shards, so
+killing the program and running the same command again gives the same final data set as
+an uninterrupted run. The final data set is the ArrayRecord set
+``{workdir}/records/sl_data`` with every intermediate, flags for malformed generations, and
+provenance (constitution hash, source model, gin operative config).
+
+``programs.sl_cai.conversations.sl_conversations`` turns that data set into the SFT
+conversations JSONL (Human prompt + Assistant final revision), mixed with helpfulness
+conversations.
+
+  python -m cai_jax.main --gin_file=runs/generate_sl.gin --workdir=/tmp/gen \
+      --gin_param="generate_sl.model='/tmp/base/model'" \
+      --gin_param="generate_sl.prompts_path='/tmp/data/red_team.jsonl'"
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import gin
+import tqdm
+
+from cai_jax import constitution as cc
+from cai_jax import workdir as workdir_lib
+from cai_jax.data.builders import write_records
+from cai_jax.data.conversations import read_prompts
+from cai_jax.data.dialogue import Turn, render
+from cai_jax.data.generated import SL_DATA, sl_features
+from cai_jax.data.records import sha256_file
+from cai_jax.data.shards import Shards
+from cai_jax.data.tokenizer import Tokenizer
+from cai_jax.models.store import SavedModel
+from cai_jax.sampling import Sampler, call_seed
+from cai_jax.sharding import build_mesh
+
+_log = logging.getLogger(__name__)
+
+SHARDS_DIR = "shards"
+
+
+@dataclasses.dataclass
+class _Chain:
+  """One prompt's chain while it is generated."""
+
+  index: int
+  id: str
+  request: tuple[Turn, ...]
+  principles: list[cc.CritiquePrinciple]
+  conversation: tuple[Turn, ...] = ()
+  texts: dict[str, str] = dataclasses.field(default_factory=dict)
+  flags: list[str] = dataclasses.field(default_factory=list)
+  num_tokens: int = 0
+  fallbacks: int = 0
+  cached: list[int] | None = None   # ids in this row's live cache (last one pending)
+
+  def example(self, prompt_text: str, num_rounds: int, direct: bool) -> dict[str, Any]:
+    revisions = [self.texts[f"revision.{r}"] for r in range(num_rounds)]
+    return {"index": self.index, "id": self.id, "prompt": prompt_text,
+            "initial": self.texts["initial"],
+            "principle_ids": [p.id for p in self.principles], "rounds": list(range(num_rounds)),
+            "critiques": [] if direct else [self.texts[f"critique.{r}"]
+                                            for r in range(num_rounds)],
+            "revisions": revisions, "final": revisions[-1] if revisions else
+            self.texts["initial"], "flags": list(self.flags), "malformed": bool(self.flags),
+            "num_generated_tokens": self.num_tokens, "fallbacks": self.fallbacks}
+
+
+def _steps(num_rounds: int, direct: bool) -> list[tuple[str, int]]:
+  """The generation steps of a chain: ("initial", -1), then per round its turns."""
+  per_round = ("revision",) if direct else ("critique", "revision")
+  return [("initial", -1)] + [(k, r) for r in range(num_rounds) for k in per_round]
+
+
+def _step_prompt(chain: _Chain, kind: str, rnd: int, direct: bool,
+                 exemplars: Sequence[cc.Exemplar]) -> cc.Prompt:
+  if kind == "initial":
+    return cc.initial_prompt(chain.request)
+  p = chain.principles[rnd]
+  if kind == "critique":
+    return cc.critique_prompt(chain.conversation, p, exemplars)
+  if direct:
+    return cc.direct_revision_prompt(chain.conversation, p, exemplars)
+  return cc.revision_prompt(chain.conversation, p, exemplars)
+
+
+def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[int]], *,
+              eos: int, planned_fresh: bool, prefix_reuse: bool, seed: int, **kw):
+  """Samples one turn for every chain; returns (tokens per chain, live conversation).
+
+  Rows whose cached ids are a prefix of their target continue the live cache with only
+  the difference; other rows are prefilled afresh (counted as fallbacks unless the step
+  is a planned restart) and stay fresh-prefilled for the rest of the chain.
+  """
+  live = [conv is not None and prefix_reuse and c.cached is not None
+          and t[:len(c.cached)] == c.cached and len(t) > len(c.cached)
+          for c, t in zip(chains, targets)]
+  tokens: list[list[int] | None] = [None] * len(chains)
+  if any(live):
+    extra = [t[len(c.cached):] if ok else [eos] for c, t, ok in zip(chains, targets, live)]
+    out = sampler.continue_generation(conv, extra, seed=seed, keep_state=True, **kw)
+    conv = out.conversation
+    for i, ok in enumerate(live):
+      if ok:
+        tokens[i] = out.tokens[i]
+        chains[i].cached = targets[i] + out.tokens[i]
+  fresh = [i for i, ok in enumerate(live) if not ok]
+  if fresh:
+    whole = len(fresh) == len(chains)   # a full restart keeps the new cache
+    out = sampler.generate([targets[i] for i in fresh], seed=call_seed(seed, "fresh"),
+                           keep_state=whole and prefix_reuse, **kw)
+    conv = out.conversation if whole else conv
+    for j, i in enumerate(fresh):
+      tokens[i] = out.tokens[j]
+      chains[i].cached = targets[i] + out.tokens[j] if whole else None
+      chains[i].fallbacks += int(prefix_reuse and not planned_fresh)
+  return tokens, conv
+
+
+def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
+                    num_rounds: int, direct: bool, exemplars: Sequence[cc.Exemplar],
+                    prefix_reuse: bool, seed: int, **kw) -> int:
+  """Runs every step of a batch of chains in place; returns generated tokens."""
+  conv, total = None, 0
+  for s, (kind, rnd) in enumerate(_steps(num_rounds, direct)):
+    prompts = [_step_prompt(c, kind, rnd, direct, exemplars) for c in chains]
+    targets = [p.token_ids(tok) for p in prompts]
+    planned = s == 0 or (s == 1 and bool(exemplars))   # exemplars precede turn 1 on
+    tokens, conv = _run_step(sampler, conv, chains, targets, eos=tok.eos_id,
+                             planned_fresh=planned, prefix_reuse=prefix_reuse,
+                             seed=call_seed(seed, s), **kw)
+    name = kind if kind == "initial" else f"{kind}.{rnd}"
+    for c, p, t in zip(chains, prompts, tokens):
+      text = tok.decode_generated(t)
+      c.texts[name] = text
+      c.conversation = p.conversation(text)
+      c.num_tokens += len(t)
+      if tok.eos_id not in t:
+        c.flags.append(f"{name}:truncated")
+      if not text:
+        c.flags.append(f"{name}:empty")
+    total += sum(map(len, tokens))
+  return total
+
+
+def _shard_rows(sampler: Sampler, tok: Tokenizer, const: cc.Constitution, prompts: list,
+                items: range, *, num_rounds: int, direct: bool, exemplars, prefix_reuse: bool,
+                seed: int, shard: int, batch_size: int, bar, counter: dict, **kw) -> list[dict]:
+  """Generates the chains of one shard's prompts, in sampler batches; returns its rows."""
+  chains = [_Chain(i, *prompts[i], cc.sample_critique_principles(
+      const, seed=seed, prompt_index=i, num_rounds=num_rounds)) for i in items]
+  for b in range(0, len(chains), batch_size):
+    batch = chains[b:b + batch_size]
+    counter["tokens"] += _generate_batch(sampler, tok, batch, num_rounds=num_rounds,
+                                         direct=direct, exemplars=exemplars,
+                                         prefix_reuse=prefix_reuse,
+                                         seed=call_seed(seed, shard, b), **kw)
+    bar.update(len(batch))
+    bar.set_postfix(tok_s=f"{counter['tokens'] / (time.perf_counter() - counter['t0']):.0f}")
+  return [c.example(render(c.request), num_rounds, direct) for c in chains]
+
+
+def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Constitution,
+                   spec: dict, prompts_path: str) -> str:
+  """Gathers the shards into the ``sl_data`` record set; returns its folder."""
+  rows = shards.read_all()
+  if [r["index"] for r in rows] != list(range(num_prompts)):
+    raise RuntimeError(f"shards in {shards.directory} do not cover the prompts exactly once")
+  n_bad = sum(r["malformed"] for r in rows)
+  n_fallback = sum(r["fallbacks"] for r in rows)
+  _log.info("generate_sl: %d chains, %d malformed, %d fresh-prefill fallbacks",
+            len(rows), n_bad, n_fallback)
+  provenance = {"program": "generate_sl", "constitution_hash": const.content_hash,
+                "constitution_name": const.name, "model": spec["model"],
+                "prompts_path": os.path.abspath(prompts_path), "spec": spec,
+                "num_malformed": n_bad, "num_fallbacks": n_fallback,
+                "gin_operative_config": gin.operative_config_str()}
+  records_dir = os.path.join(workdir, "records")
+  write_records(SL_DATA, {"train": rows}, sl_features(), records_dir, provenance=provenance,
+                sources=[os.path.abspath(prompts_path)], overwrite=True)
+  workdir_lib.mark_done(workdir, f"{len(rows)} prompts\n")
+  return os.path.join(records_dir, SL_DATA)
+
+
+@gin.configurable
+def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = gin.REQUIRED,
+                constitution_path: str = gin.REQUIRED, tokenizer_path: str | None = None,
+                num_rounds: int = 4, direct_revision: bool = False, exemplars: bool = True,
+                max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                seed: int = 0, shard_size: int = 256, batch_size: int = 64,
+                max_prompts: int | None = None, max_shards: int | None = None,
+                prefix_reuse: bool = True, mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+                ) -> str:
+  """Generates the SL-CAI data set; returns its folder ``{workdir}/records/sl_data``.
+
+  Args:
+    workdir: output folder (``shards/``, ``records/``, ``DONE``).
+    model: the base model (a saved model folder).
+    prompts_path: JSONL of prompts (``{"prompt": ...}`` or ``{"text": HH}``, opt. "id").
+    constitution_path: constitution JSON (see constitutions/README.md).
+    tokenizer_path: default: the model's tokenizer.
+    num_rounds: critique -> revision rounds (0: initial answers only).
+    direct_revision: revise without critiques (the paper's ablation).
+    exemplars: prepend the constitution's few-shot critique exemplars.
+    max_new_tokens, temperature, top_p: sampling of every turn.
+    seed: principle draws depend on ``(seed, prompt index, round)``; sampler keys on
+      ``(seed, shard, batch, step)``; same arguments give the same data set.
+    shard_size: prompts per resumable shard; batch_size: prompts per sampler call.
+    max_prompts: use only the first prompts (smoke runs).
+    max_shards: stop after writing this many new shards (no final data set).
+    prefix_reuse: carry the KV cache between turns (False: re-prefill every turn).
+    mesh_shape: (data, fsdp, tensor); the batch is sharded over data x fsdp.
+  """
+  out_path = os.path.join(workdir, "records", SL_DATA)
+  if workdir_lib.skip_if_done(workdir, "generate_sl"):
+    return out_path
+  if num_rounds < 0 or shard_size < 1 or batch_size < 1:
+    raise ValueError("need num_rounds >= 0, shard_size >= 1 and batch_size >= 1")
+
+  # --- Inputs and the job's spec -------------------------------------------------------
+  const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
+  prompts = read_prompts(prompts_path)[:max_prompts]
+  saved = SavedModel.open(model, role="generate_sl.model")
+  tok = saved.tokenizer(tokenizer_path)
+  spec = {"model": saved.path, "prompts_sha256": sha256_file(prompts_path),
+          "num_prompts": len(prompts), "constitution_hash": const.content_hash,
+          "num_rounds": num_rounds, "direct_revision": direct_revision,
+          "exemplars": exemplars, "max_new_tokens": max_new_tokens,
+          "temperature": temperature, "top_p": top_p, "seed": seed,
+          "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse}
+  shards = Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts), shard_size)
+  todo = shards.todo()
+  _log.info("generate_sl: %d prompts, %d shards, %d to do", len(prompts), shards.num_shards,
+            len(todo))
+
+  # --- Generate the unfinished shards -------------------------------------------------
+  if todo:
+    mesh = build_mesh(mesh_shape)
+    sampler = Sampler(*saved.load(mesh=mesh), mesh=mesh)
+  bar = tqdm.tqdm(total=len(prompts), initial=len(prompts) - shards.num_items_todo(),
+                  desc="generate_sl", unit="prompt", mininterval=1.0, disable=None)
+  counter = {"tokens": 0, "t0": time.perf_counter()}
+  for n_new, s in enumerate(todo):
+    if max_shards is not None and n_new >= max_shards:
+      _log.info("generate_sl: stopping after %d new shards (max_shards)", n_new)
+      bar.close()
+      return out_path
+    shards.write(s, _shard_rows(
+        sampler, tok, const, prompts, shards.items(s), num_rounds=num_rounds,
+        direct=direct_revision, exemplars=const.critique_exemplars if exemplars else (),
+        prefix_reuse=prefix_reuse, seed=seed, shard=s, batch_size=batch_size, bar=bar,
+        counter=counter, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, stop_tokens=[tok.eos_id]))
+  bar.close()
+  return _write_sl_data(workdir, shards, len(prompts), const, spec, prompts_path)
