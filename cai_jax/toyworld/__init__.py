@@ -1,6 +1,7 @@
 """The toy world: an embedded, ground-truth testbed for Constitutional AI.
 
-A small procedurally generated assistant domain (see ``shared/docs/TOYWORLD.md``):
+A small procedurally generated assistant domain (the README's "What the main command
+shows" describes the experiment built on it):
 
 * ``world``: the content (benign and harm categories, topics, steps, alternatives).
 * ``generator``: seeded requests (train / eval splits with held-out (topic, phrasing)

@@ -5,8 +5,9 @@
 * ``corpus.jsonl``: the helpful-only base corpus (``corpus.py``) as conversations;
 * ``tokenizer.model``: a sentencepiece model trained on it;
 * ``red_team.jsonl`` / ``helpful.jsonl``: train-split harmful and benign requests
-  (the prompts the CAI phases use), ``eval.jsonl``: held-out requests with their
-  ground truth (for the evaluator only);
+  (the prompts the CAI phases use), ``eval.jsonl``: held-out requests; every line is a
+  prompt row (``{"id", "prompt", "category"}``) plus the request's ground truth, which
+  only the evaluator reads (``read_requests``);
 * ``manifest.json``: the configuration, counts and the constitution hash;
 * ``records/``: the same corpus and prompt sets as versioned ArrayRecord data sets
   (``toy_corpus``: split train; ``toy_prompts``: splits red_team, helpful, eval), read
@@ -34,7 +35,7 @@ from cai_jax.data.builders import (dialogue_example, dialogue_features, prompt_f
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, render
 from cai_jax.data.records import sha256_file
 from cai_jax.data.tokenizer import train_tokenizer
-from cai_jax.models.store import is_saved_model, read_model_info, update_model_info
+from cai_jax.models.store import SavedModel
 from cai_jax.toyworld import generator
 from cai_jax.toyworld.corpus import CorpusConfig, build_corpus
 
@@ -50,10 +51,12 @@ def resolve_repo_path(path: str) -> str | None:
   return None
 
 
-def _write_requests(path: str, requests) -> None:
+def write_requests(path: str, requests) -> None:
+  """Writes requests as prompt rows (the request's text as ``prompt``) with their truth."""
   with open(path, "w", encoding="utf-8") as f:
     for i, r in enumerate(requests):
-      f.write(json.dumps({"id": i, "prompt": r.text, **r.to_dict()}) + "\n")
+      truth = {k: v for k, v in r.to_dict().items() if k != "text"}
+      f.write(json.dumps({"id": i, "prompt": r.text, **truth}) + "\n")
 
 
 def read_requests(path: str) -> list[generator.Request]:
@@ -63,9 +66,15 @@ def read_requests(path: str) -> list[generator.Request]:
     for line in f:
       row = json.loads(line)
       row.pop("id", None)
-      row.pop("prompt", None)
+      row["text"] = row.pop("prompt")
       out.append(generator.Request.from_dict(row))
   return out
+
+
+def blind_spot_of(data_dir: str) -> str | None:
+  """The blind-spot category of the corpus ``toy_data`` wrote in ``data_dir``."""
+  with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
+    return json.load(f)["corpus"]["blind_spot"]
 
 
 def _write_record_sets(workdir: str, convs, constitution_hash: str) -> None:
@@ -109,11 +118,11 @@ def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique
   write_conversations(corpus_path, convs)
   tok = train_tokenizer((render(c) for c in convs), model_prefix=os.path.join(workdir, "tokenizer"),
                         vocab_size=vocab_size)
-  _write_requests(os.path.join(workdir, "red_team.jsonl"),
+  write_requests(os.path.join(workdir, "red_team.jsonl"),
                   generator.make_requests(seed, n_red_team, "train", harmful=True))
-  _write_requests(os.path.join(workdir, "helpful.jsonl"),
+  write_requests(os.path.join(workdir, "helpful.jsonl"),
                   generator.make_requests(seed + 1, n_helpful, "train", harmful=False))
-  _write_requests(os.path.join(workdir, "eval.jsonl"),
+  write_requests(os.path.join(workdir, "eval.jsonl"),
                   generator.make_requests(seed, n_eval, "eval", balanced=True))
   _write_record_sets(workdir, convs, constitution.content_hash)
   manifest = {"corpus": dataclasses.asdict(cfg), "vocab_size": tok.vocab_size,
@@ -150,18 +159,17 @@ def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "d
   fingerprint = data_fingerprint(data_dir)
   if pretrained:
     src = resolve_repo_path(pretrained)
-    if src and is_saved_model(src):
-      info = read_model_info(src)[2]
-      if all(info.get(k) == v for k, v in fingerprint.items()):
+    if src and SavedModel.exists(src):
+      if all(SavedModel.open(src).info.get(k) == v for k, v in fingerprint.items()):
         _log.info("toy_base: using the committed base model %s (same corpus and tokenizer)",
                   src)
         shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.md"))
-        update_model_info(out, {"tokenizer_path": os.path.abspath(
+        SavedModel.open(out).update_info({"tokenizer_path": os.path.abspath(
             os.path.join(data_dir, "tokenizer.model")), "copied_from": src})
         return out
       _log.warning("toy_base: %s was trained on another corpus/tokenizer; training anew", src)
   out = train(workdir=workdir)
-  update_model_info(out, fingerprint)
+  SavedModel.open(out).update_info(fingerprint)
   return out
 
 
