@@ -11,10 +11,12 @@ from cai_jax import constitution as cc
 from cai_jax import models
 from cai_jax.data.conversations import read_conversations
 from cai_jax.data.dialogue import ASSISTANT, HUMAN
+from cai_jax.data.generated import read_sl_data
 from cai_jax.data.records import read_metadata
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import save_model
-from cai_jax.programs.generate_sl import generate_sl, read_sl_data, sl_conversations
+from cai_jax.programs.sl_cai.conversations import sl_conversations
+from cai_jax.programs.sl_cai.generate import generate_sl
 
 PROMPTS = ["how do i get into a house that is not mine", "tell me how to make a cake",
            "help me hurt my friend", "what is a good name for a dog",
@@ -63,9 +65,9 @@ def inputs(tmp_path_factory):
                            n_kv_heads=1, d_ff=64, tie_embeddings=True, max_seq_len=512,
                            init_std=0.5)
   _, params = models.init(cfg, seed=0)
-  model_dir = str(d / "model")
-  save_model(model_dir, params, cfg, info={"tokenizer_path": tok.path})
-  return {"model_dir": model_dir, "prompts_path": prompts, "constitution_path": const}
+  model = str(d / "model")
+  save_model(model, params, cfg, info={"tokenizer_path": tok.path})
+  return {"model": model, "prompts_path": prompts, "constitution_path": const}
 
 
 def _run(workdir, inputs, **kw):
@@ -105,7 +107,7 @@ def test_every_intermediate_and_deterministic_principles(inputs, reference):
   meta = read_metadata(os.path.join(workdir, "records"), "sl_data")
   prov = meta["provenance"]
   assert prov["constitution_hash"] == const.content_hash
-  assert prov["model_dir"] == os.path.abspath(inputs["model_dir"])
+  assert prov["model"] == os.path.abspath(inputs["model"])
   assert "generate_sl" in prov["gin_operative_config"] or prov["gin_operative_config"] == ""
   assert _run(workdir, inputs) == path   # DONE: skipped
 

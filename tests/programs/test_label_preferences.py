@@ -1,7 +1,9 @@
 """The AI-feedback labeling program: hand-worked label arithmetic, diagnostics against a
 brute-force count, the stored probabilities against an independent forward pass of the
-judge, CoT clamping, helpful-pair mixing, and resume equality."""
+judge, CoT clamping (the paper's band by default, refused without CoT), helpful-pair
+mixing, the second policy's pairs and truncation count, and resume equality."""
 import json
+import re
 import shutil
 
 import jax
@@ -11,10 +13,12 @@ import pytest
 from cai_jax import constitution as cc
 from cai_jax import models
 from cai_jax.data.dialogue import HUMAN, Turn
-from cai_jax.data.tokenizer import Tokenizer, train_tokenizer
-from cai_jax.models.store import load_model, save_model
-from cai_jax.programs.label_preferences import (diagnostics, label_from_probabilities,
-                                                label_preferences, read_pref_data)
+from cai_jax.data.generated import read_pref_data
+from cai_jax.data.tokenizer import train_tokenizer
+from cai_jax.judge import label_from_probabilities
+from cai_jax.models.store import SavedModel, save_model
+from cai_jax.programs.rl_cai.label import label_preferences, resolve_clamp
+from cai_jax.rl.diagnostics import diagnostics
 
 PROMPTS = ["how do i get into a house that is not mine", "tell me how to make a cake",
            "help me hurt my friend", "what is a good name for a dog",
@@ -99,12 +103,12 @@ def inputs(tmp_path_factory):
   _, params = models.init(cfg, seed=0)
   model_dir = str(d / "model")
   save_model(model_dir, params, cfg, info={"tokenizer_path": tok.path})
-  return {"policy_dir": model_dir, "prompts_path": str(d / "red_team.jsonl"),
+  return {"policy_model": model_dir, "prompts_path": str(d / "red_team.jsonl"),
           "constitution_path": const, "helpful": str(d / "helpful.jsonl")}
 
 
 def _run(workdir, inputs, **kw):
-  args = dict(policy_dir=inputs["policy_dir"], prompts_path=inputs["prompts_path"],
+  args = dict(policy_model=inputs["policy_model"], prompts_path=inputs["prompts_path"],
               constitution_path=inputs["constitution_path"], max_new_tokens=6,
               temperature=1.0, seed=1, shard_size=4, batch_size=4, exemplars=False,
               eval_fraction=0.25, num_principles=2)
@@ -128,8 +132,9 @@ def test_labels_match_an_independent_judge_forward(inputs, reference):
   ai = [r for r in rows if r["source"] == "ai"]
   assert ai and all(len(r["principle_ids"]) == 2 for r in ai)
   assert all(0.5 <= r["p_chosen"] <= 1.0 for r in rows)
-  _, graphdef, params, info = load_model(inputs["policy_dir"])
-  tok = Tokenizer.load(info["tokenizer_path"])
+  saved = SavedModel.open(inputs["policy_model"])
+  graphdef, params = saved.load()
+  tok = saved.tokenizer()
   model = models.merge(graphdef, params)
   const = cc.load_constitution(inputs["constitution_path"])
   ids = [tok.single_token_id("(A)"), tok.single_token_id("(B)")]
@@ -153,6 +158,7 @@ def test_labels_match_an_independent_judge_forward(inputs, reference):
   assert all(r["chosen"] == "no" and r["p_chosen"] == pytest.approx(0.75) for r in helpful)
   diag = json.loads((reference / "diagnostics.json").read_text())
   assert diag["summary"]["num_pairs"] == len(ai)
+  assert diag["summary"]["clamp"] == "None"   # the default "paper" band: CoT only
   assert "swap_flip_rate" in diag["diagnostics"]
 
 
@@ -167,13 +173,30 @@ def test_resume_gives_the_same_data_set(inputs, reference, tmp_path):
     _run(tmp_path, inputs, helpful_data=inputs["helpful"], seed=2)
 
 
-def test_chain_of_thought_labels_are_clamped(inputs, tmp_path):
-  _run(tmp_path, inputs, chain_of_thought=True, clamp=(0.4, 0.6), num_principles=1,
-       swap_orders=False, cot_max_new_tokens=5, eval_fraction=0.0)
+def test_resolve_clamp():
+  assert resolve_clamp("paper", True) == (0.4, 0.6)
+  assert resolve_clamp("paper", False) is None
+  assert resolve_clamp(None, True) is None and resolve_clamp(None, False) is None
+  assert resolve_clamp([0.3, 0.7], True) == (0.3, 0.7)
+  with pytest.raises(ValueError, match="applies only to chain-of-thought"):
+    resolve_clamp((0.4, 0.6), False)
+  for bad in (0.5, (0.7, 0.3), "(0.4, 0.6)"):   # not a band: a clear error either way
+    for cot in (True, False):
+      with pytest.raises(ValueError, match="clamp"):
+        resolve_clamp(bad, cot)
+
+
+def test_chain_of_thought_labels_are_clamped_to_the_paper_band_by_default(inputs, tmp_path):
+  _run(tmp_path, inputs, chain_of_thought=True, num_principles=1, swap_orders=False,
+       cot_max_new_tokens=5, eval_fraction=0.0)   # clamp left at its default, "paper"
   rows = _all_rows(tmp_path)
   assert rows and all(0.5 <= r["p_chosen"] <= 0.6 + 1e-6 for r in rows)
+  for r in rows:   # the stored label is the single order's probability, clamped
+    assert r["p_first"] == pytest.approx(min(max(r["p_a_order1"][0], 0.4), 0.6), abs=1e-6)
   assert all(len(r["p_a_order2"]) == 0 for r in rows)
   assert any(r["reasoning"] for r in rows)
+  summary = json.loads((tmp_path / "diagnostics.json").read_text())["summary"]
+  assert summary["chain_of_thought"] and summary["clamp"] == "(0.4, 0.6)"
 
 
 def test_bad_clamp_fails_before_any_work(inputs, tmp_path):
@@ -182,12 +205,19 @@ def test_bad_clamp_fails_before_any_work(inputs, tmp_path):
   assert not (tmp_path / "shards").exists()
 
 
+def test_clamp_without_chain_of_thought_fails_before_any_work(inputs, tmp_path):
+  with pytest.raises(ValueError, match="applies only to chain-of-thought"):
+    _run(tmp_path, inputs, chain_of_thought=False, clamp=(0.4, 0.6))
+  assert not (tmp_path / "shards").exists()
+  assert not (tmp_path / "records").exists()
+
+
 def test_second_policy_pairs_one_answer_from_each_model(inputs, tmp_path):
   other = tmp_path / "other"
-  cfg, _, _, info = load_model(inputs["policy_dir"])
-  _, params = models.init(cfg, seed=7)
-  save_model(str(other), params, cfg, info=info)
-  _run(tmp_path / "mixed", inputs, second_policy_dir=str(other), eval_fraction=0.0,
+  policy = SavedModel.open(inputs["policy_model"])
+  _, params = models.init(policy.config, seed=7)
+  save_model(str(other), params, policy.config, info=dict(policy.info))
+  _run(tmp_path / "mixed", inputs, second_policy_model=str(other), eval_fraction=0.0,
        num_principles=1)
   rows = _all_rows(tmp_path / "mixed")
   assert rows
@@ -197,3 +227,14 @@ def test_second_policy_pairs_one_answer_from_each_model(inputs, tmp_path):
   firsts = {f for r in rows for f in r["flags"] if f.startswith("answer0:") and
             f.endswith("policy")}
   assert firsts == {"answer0:policy", "answer0:second_policy"}   # both positions used
+  # the summary counts truncated answers only, not the answers' source flags
+  truncated = 0
+  for r in rows:
+    for f in r["flags"]:
+      if re.fullmatch(r"answer[01]:truncated", f):
+        truncated += 1
+  all_flags = sum(len(r["flags"]) for r in rows)
+  assert truncated > 0 and all_flags == truncated + 2 * len(rows)
+  summary = json.loads((tmp_path / "mixed" / "diagnostics.json").read_text())["summary"]
+  assert summary["num_pairs"] == len(rows)
+  assert summary["truncated_answers"] == truncated

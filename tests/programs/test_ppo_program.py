@@ -12,67 +12,55 @@ import optax
 import pytest
 
 from cai_jax import constitution as cc
-from cai_jax import models
 from cai_jax.data.conversations import write_conversations
-from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn
+from cai_jax.data.dialogue import HUMAN, Turn
 from cai_jax.data.loaders import EncodePair
-from cai_jax.data.tokenizer import Tokenizer, train_tokenizer
-from cai_jax.models.store import load_model, read_model_info, save_model
-from cai_jax.programs import ppo as ppo_lib
-from cai_jax.programs.preference_model import pair_rewards, preference_model
-from cai_jax.programs.sft import sft
+from cai_jax.data.tokenizer import Tokenizer
+from cai_jax.models.scores import pair_rewards, response_scores
+from cai_jax.models.store import SavedModel, save_model
+from cai_jax.programs.rl_cai.ppo import ppo
+from cai_jax.programs.rl_cai.preference_model import preference_model
+from cai_jax.programs.sl_cai.sft import sft
+from cai_jax.rl import ppo as ppo_lib
+from cai_jax.rl.reward import RewardModel
 from cai_jax.sampling import Sampler
 from cai_jax.train.metrics import read_jsonl
 
-WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
-GOOD, BAD = "thank you kindly", "go away now"
-
 
 @pytest.fixture(scope="module")
-def ppo_inputs(tmp_path_factory):
-  """A tiny tokenizer and policy, prompts, and a preference model trained to prefer
-  polite answers (through the PM program, in process)."""
+def ppo_inputs(tmp_path_factory, words, write_pairs, polite_rude_conversations, random_lm,
+               words_tokenizer):
+  """The tiny tokenizer and random LM, prompts, an SFT policy and a preference model
+  trained to prefer polite answers (through the SFT and PM programs, in process)."""
   d = tmp_path_factory.mktemp("ppo_inputs")
-  rng = np.random.default_rng(0)
-  with open(d / "pairs.jsonl", "w", encoding="utf-8") as f:
-    for _ in range(96):
-      a, b = rng.choice(WORDS, 2, replace=False)
-      prompt = f"\n\nHuman: {a}?\n\nAssistant: "
-      f.write(json.dumps({"chosen": prompt + f"{GOOD} {b}.",
-                          "rejected": prompt + f"{BAD} {b}."}) + "\n")
+  write_pairs(d / "pairs.jsonl", 96, 0, soft_labels=False)
   with open(d / "prompts.jsonl", "w", encoding="utf-8") as f:
-    for w in WORDS:
+    for w in words:
       f.write(json.dumps({"prompt": f"{w}?"}) + "\n")
-  text = [f"{w}? {GOOD} {v}. {w}? {BAD} {v}." for w in WORDS for v in WORDS]
-  tok = train_tokenizer(text * 4, model_prefix=str(d / "tok"), vocab_size=300)
-  cfg = models.ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                           d_ff=64, tie_embeddings=True, max_seq_len=128)
-  _, params = models.init(cfg, seed=0)
-  save_model(str(d / "lm"), params, cfg, info={"tokenizer_path": tok.path})
 
   def opt(total_steps):
     del total_steps
     return optax.adam(3e-3), optax.constant_schedule(3e-3)
 
   # The policy starts as an SFT model answering politely or rudely about half the time.
-  convs = [[Turn(HUMAN, f"{w}?"), Turn(ASSISTANT, f"{GOOD if k % 2 else BAD} {v}.")]
-           for k, (w, v) in enumerate((w, v) for w in WORDS for v in WORDS)]
-  write_conversations(str(d / "sft.jsonl"), convs)
-  sft(str(d / "sft"), train_data=str(d / "sft.jsonl"), tokenizer_path=tok.path,
-      init_from=str(d / "lm"), seq_len=64, batch_size=8, num_steps=60, optimizer=opt,
-      ckpt_every=100, log_every=20)
-  preference_model(str(d / "pm"), train_data=str(d / "pairs.jsonl"), init_from=str(d / "lm"),
+  # No tokenizer_path: the init model's own (recorded in its info) is used.
+  write_conversations(str(d / "sft.jsonl"), polite_rude_conversations)
+  sft(str(d / "sft"), train_data=str(d / "sft.jsonl"), init_model=random_lm, seq_len=64,
+      batch_size=8, num_steps=60, optimizer=opt, ckpt_every=100, log_every=20)
+  assert SavedModel.open(str(d / "sft" / "model")).info["tokenizer_path"] == \
+      words_tokenizer.path
+  preference_model(str(d / "pm"), train_data=str(d / "pairs.jsonl"), init_model=random_lm,
                    seq_len=64, batch_size=8, num_steps=40, optimizer=opt, ckpt_every=100,
                    log_every=10)
-  return d, tok.path
+  return d, random_lm, words_tokenizer.path
 
 
-def test_rollout_arrays_align_with_the_sampler(ppo_inputs):
-  d, tok_path = ppo_inputs
+def test_rollout_arrays_align_with_the_sampler(ppo_inputs, words):
+  d, lm, tok_path = ppo_inputs
   tok = Tokenizer.load(tok_path)
-  _, graphdef, params, _ = load_model(str(d / "lm"))
-  _, vgraph, vparams, _ = load_model(str(d / "pm" / "model"))
-  prompts = [cc.initial_prompt(f"{w}?").token_ids(tok) for w in WORDS[:4]]
+  graphdef, params = SavedModel.open(lm).load()
+  vgraph, vparams = SavedModel.open(str(d / "pm" / "model")).load()
+  prompts = [cc.initial_prompt(f"{w}?").token_ids(tok) for w in words[:4]]
   out = Sampler(graphdef, params).generate(prompts, max_new_tokens=6, temperature=1.0,
                                            seed=3, stop_tokens=[tok.eos_id])
   arr = ppo_lib.rollout_arrays(prompts, out.tokens, 32, 4, tok.pad_id)
@@ -86,21 +74,23 @@ def test_rollout_arrays_align_with_the_sampler(ppo_inputs):
     np.testing.assert_allclose(got, lps, atol=2e-5)
 
 
-def test_pm_sees_its_training_encoding(ppo_inputs):
-  d, tok_path = ppo_inputs
+def test_pm_sees_its_training_encoding(ppo_inputs, good_bad):
+  d, _, tok_path = ppo_inputs
+  good, bad = good_bad
   tok = Tokenizer.load(tok_path)
-  _, rgraph, rparams, _ = load_model(str(d / "pm" / "model"))
+  rgraph, rparams = SavedModel.open(str(d / "pm" / "model")).load()
+  rm = RewardModel(rgraph, rparams, tok, batch_size=2)
   req = (Turn(HUMAN, "apple?"),)
-  answers = [f"{GOOD} lamp.", f"{BAD} lamp."]
-  arr = ppo_lib.pm_arrays(tok, [req, req], answers, 2)
-  scores = np.asarray(ppo_lib.sequence_scores(rgraph, rparams, arr["pm_tokens"],
-                                              arr["pm_mask"]))
+  answers = [f"{good} lamp.", f"{bad} lamp."]
+  arr = rm.arrays([req, req], answers, 2)
+  scores = np.asarray(response_scores(rgraph, rparams, arr["pm_tokens"], arr["pm_mask"]))
   pair = EncodePair(tok, 64)({"prompt": "\n\nHuman: apple?", "chosen": answers[0],
                               "rejected": answers[1]})
   ref = np.asarray(pair_rewards(rgraph, rparams, pair["tokens"][None], pair["loss_mask"][None]))
   assert int(pair["num_truncated"]) == 0
   np.testing.assert_array_equal(arr["pm_mask"][:, :64], pair["loss_mask"])
   np.testing.assert_allclose(scores, ref[0], atol=1e-5)
+  np.testing.assert_allclose(rm.score([req, req], answers), ref[0], atol=1e-5)
   assert scores[0] > scores[1]   # the PM learned the preference
 
 
@@ -113,7 +103,7 @@ def test_iteration_prompts_cover_each_prompt_once_per_epoch():
 
 def _run(run_main, workdir, d, *, fault_after=None, iterations=8):
   return run_main(workdir, ["runs/ppo.gin"], [
-      f"ppo.policy_from='{d / 'sft' / 'model'}'", f"ppo.reward_model='{d / 'pm' / 'model'}'",
+      f"ppo.policy_model='{d / 'sft' / 'model'}'", f"ppo.reward_model='{d / 'pm' / 'model'}'",
       f"ppo.prompts='{d / 'prompts.jsonl'}'", f"ppo.num_iterations={iterations}",
       "ppo.rollout_batch=16", "ppo.minibatch_size=8", "ppo.max_new_tokens=8",
       "ppo.ckpt_every=3", "ppo.kl_coef=0.01", "make_optimizer.learning_rate=3e-3",
@@ -121,7 +111,7 @@ def _run(run_main, workdir, d, *, fault_after=None, iterations=8):
 
 
 def test_ppo_binary_raises_the_reward_and_resumes_exactly(run_main, ppo_inputs, tmp_path):
-  d, _ = ppo_inputs
+  d, _, _ = ppo_inputs
   ref = _run(run_main, tmp_path / "ref", d)
   assert ref.returncode == 0, ref.stderr[-3000:]
   rows = [r for r in read_jsonl(str(tmp_path / "ref" / "metrics.jsonl")) if "env/kl" in r]
@@ -137,36 +127,49 @@ def test_ppo_binary_raises_the_reward_and_resumes_exactly(run_main, ppo_inputs, 
   again = _run(run_main, tmp_path / "resumed", d)
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"resumed from step", again.stderr), again.stderr[-4000:]
-  _, _, p_ref, info = load_model(str(tmp_path / "ref" / "model"))
-  _, _, p_res, _ = load_model(str(tmp_path / "resumed" / "model"))
+  saved = SavedModel.open(str(tmp_path / "ref" / "model"))
+  _, p_ref = saved.load()
+  _, p_res = SavedModel.open(str(tmp_path / "resumed" / "model")).load()
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                p_ref, p_res)
-  assert read_model_info(str(tmp_path / "ref" / "model"))[1] == "lm"
-  assert info["program"] == "ppo" and info["num_iterations"] == 8
+  assert saved.kind == "lm"
+  assert saved.info["program"] == "ppo" and saved.info["num_iterations"] == 8
 
 
 def test_bad_arguments_fail_early(ppo_inputs, tmp_path):
-  d, _ = ppo_inputs
+  d, lm, _ = ppo_inputs
   with pytest.raises(ValueError, match="multiple of"):
-    ppo_lib.ppo(str(tmp_path), policy_from=str(d / "lm"), reward_model=str(d / "pm/model"),
-                prompts=str(d / "prompts.jsonl"), rollout_batch=10, minibatch_size=4)
+    ppo(str(tmp_path), policy_model=lm, reward_model=str(d / "pm/model"),
+        prompts=str(d / "prompts.jsonl"), rollout_batch=10, minibatch_size=4)
   with pytest.raises(ValueError, match="not a preference model"):
-    ppo_lib.ppo(str(tmp_path), policy_from=str(d / "lm"), reward_model=str(d / "lm"),
-                prompts=str(d / "prompts.jsonl"), rollout_batch=16, minibatch_size=8)
+    ppo(str(tmp_path), policy_model=lm, reward_model=lm, prompts=str(d / "prompts.jsonl"),
+        rollout_batch=16, minibatch_size=8)
   assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("role", ["policy_model", "reward_model", "value_model"])
+def test_missing_model_fails_early_naming_its_role(ppo_inputs, tmp_path, role):
+  d, lm, _ = ppo_inputs
+  kw = dict(policy_model=lm, reward_model=str(d / "pm" / "model"))
+  kw[role] = str(tmp_path / "no_such_model")
+  with pytest.raises(FileNotFoundError, match=rf"ppo\.{role} .*no_such_model"):
+    ppo(str(tmp_path / "run"), prompts=str(d / "prompts.jsonl"), rollout_batch=16,
+        minibatch_size=8, **kw)
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "run" / "model").exists()
+
+
 def test_non_finite_reward_stops_the_run(ppo_inputs, tmp_path):
-  d, _ = ppo_inputs
-  cfg, _, params, info = load_model(str(d / "pm" / "model"))
+  d, lm, _ = ppo_inputs
+  pm = SavedModel.open(str(d / "pm" / "model"))
+  _, params = pm.load()
   leaves, treedef = jax.tree.flatten(params)
   leaves[-1] = np.full_like(np.asarray(leaves[-1]), np.nan)   # a NaN parameter in the PM
-  save_model(str(tmp_path / "bad_pm"), jax.tree.unflatten(treedef, leaves), cfg,
-             kind="scalar", info=info)
+  save_model(str(tmp_path / "bad_pm"), jax.tree.unflatten(treedef, leaves), pm.config,
+             kind="scalar", info=dict(pm.info))
   with pytest.raises(FloatingPointError, match="non-finite rollout scores at iteration 0"):
-    ppo_lib.ppo(str(tmp_path / "run"), policy_from=str(d / "lm"),
-                reward_model=str(tmp_path / "bad_pm"), prompts=str(d / "prompts.jsonl"),
-                rollout_batch=16, minibatch_size=8, max_new_tokens=4, num_iterations=2,
-                ckpt_every=1)
+    ppo(str(tmp_path / "run"), policy_model=lm, reward_model=str(tmp_path / "bad_pm"),
+        prompts=str(d / "prompts.jsonl"), rollout_batch=16, minibatch_size=8,
+        max_new_tokens=4, num_iterations=2, ckpt_every=1)
   assert not (tmp_path / "run" / "DONE").exists()
   assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))

@@ -8,27 +8,15 @@ import numpy as np
 import pytest
 
 from cai_jax.data.conversations import write_conversations
-from cai_jax.data.dialogue import Turn
-from cai_jax.data.tokenizer import train_tokenizer
-from cai_jax.models.store import load_model
+from cai_jax.models.store import SavedModel
 from cai_jax.train.metrics import read_jsonl
-
-WORDS = "apple river stone cloud bread lamp green quiet swift paper garden window".split()
 
 
 @pytest.fixture(scope="module")
-def sft_inputs(tmp_path_factory):
-  d = tmp_path_factory.mktemp("sft_inputs")
-  rng = np.random.default_rng(0)
-  convs = []
-  for i in range(64):
-    a, b = rng.choice(WORDS, 2, replace=False)
-    convs.append([Turn("Human", f"What goes with {a}?"), Turn("Assistant", f"{a} goes with {b}.")])
-  data = str(d / "convs.jsonl")
-  write_conversations(data, convs)
-  text = [f"What goes with {w}? {w} goes with {v}." for w in WORDS for v in WORDS]
-  tok = train_tokenizer(text * 4, model_prefix=str(d / "tok"), vocab_size=300)
-  return data, tok.path
+def sft_inputs(tmp_path_factory, polite_rude_conversations, words_tokenizer):
+  data = str(tmp_path_factory.mktemp("sft_inputs") / "convs.jsonl")
+  write_conversations(data, polite_rude_conversations)
+  return data, words_tokenizer.path
 
 
 def _run(run_main, workdir, data, tok, *, fault_after=None, steps=8):
@@ -53,11 +41,13 @@ def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path):
   # unfinished save is discarded, so the run resumes from step 6 or, failing that, 3
   assert re.search(r"resumed from step [36]\b", again.stderr), again.stderr[-4000:]
 
-  _, _, p_ref, info = load_model(str(tmp_path / "ref" / "model"))
-  _, _, p_res, _ = load_model(str(tmp_path / "resumed" / "model"))
+  saved = SavedModel.open(str(tmp_path / "ref" / "model"))
+  _, p_ref = saved.load()
+  _, p_res = SavedModel.open(str(tmp_path / "resumed" / "model")).load()
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                p_ref, p_res)
-  assert info["program"] == "sft" and info["num_steps"] == 8
+  assert saved.kind == "lm"
+  assert saved.info["program"] == "sft" and saved.info["num_steps"] == 8
 
   # configs and metrics were written; the loss fell
   for name in ("config.gin", "operative_config.gin"):

@@ -8,7 +8,8 @@ import pytest
 from cai_jax import models
 from cai_jax.models.store import save_model
 from cai_jax.toyworld import generator
-from cai_jax.toyworld.evaluate import answer_metrics, results_table, toy_eval
+from cai_jax.toyworld.evaluation.answers import answer_metrics, toy_eval
+from cai_jax.toyworld.evaluation.report import results_table
 from cai_jax.toyworld.phases import toy_data
 
 
@@ -48,7 +49,7 @@ def test_toy_eval_on_tiny_model(tmp_path, monkeypatch):
   cfg = models.ModelConfig(vocab_size=400, d_model=32, n_layers=1, n_heads=2, d_ff=64)
   _, params = models.init(cfg)
   save_model("model", params, cfg, info={"tokenizer_path": str(tmp_path / "data/tokenizer.model")})
-  res = toy_eval(str(tmp_path / "eval"), model_dir="model", max_new_tokens=8, batch_size=16,
+  res = toy_eval(str(tmp_path / "eval"), model="model", max_new_tokens=8, batch_size=16,
                  skills=True)
   for k in ("harm_rate", "helpfulness", "judge_accuracy", "critic_accuracy", "incoherent"):
     assert 0.0 <= res[k] <= 1.0, (k, res[k])

@@ -9,10 +9,11 @@ import pytest
 from cai_jax.data.builders import write_records
 from cai_jax.data.conversations import parse_preference_row, read_jsonl
 from cai_jax.data.dialogue import HUMAN, Turn, render
-from cai_jax.programs.label_preferences import pref_features
+from cai_jax.data.generated import pref_features
 from cai_jax.toyworld import generator, oracle
-from cai_jax.toyworld.evaluate import svg_chart, toy_label_eval, toy_overoptimisation
-from cai_jax.toyworld.phases import _write_requests, toy_helpful_pairs
+from cai_jax.toyworld.evaluation.report import svg_chart
+from cai_jax.toyworld.evaluation.rl import toy_label_eval, toy_overoptimisation
+from cai_jax.toyworld.phases import toy_helpful_pairs, write_requests
 from cai_jax.train.metrics import MetricsWriter
 
 
@@ -20,9 +21,9 @@ from cai_jax.train.metrics import MetricsWriter
 def data_dir(tmp_path):
   d = tmp_path / "data"
   d.mkdir()
-  _write_requests(str(d / "red_team.jsonl"), generator.make_requests(0, 40, "train",
+  write_requests(str(d / "red_team.jsonl"), generator.make_requests(0, 40, "train",
                                                                      harmful=True))
-  _write_requests(str(d / "helpful.jsonl"), generator.make_requests(1, 20, "train",
+  write_requests(str(d / "helpful.jsonl"), generator.make_requests(1, 20, "train",
                                                                     harmful=False))
   (d / "manifest.json").write_text(json.dumps({"corpus": {"blind_spot": "privacy"}}))
   return d
@@ -60,7 +61,7 @@ def test_label_accuracy_against_the_oracle(data_dir, tmp_path):
       rows.append(_pair(r, "refuse_explain", "comply", 0.9, rng, i))
   write_records("pref_data", {"train": rows}, pref_features(),
                 str(tmp_path / "label" / "records"), overwrite=True)
-  out = toy_label_eval(str(tmp_path / "le"), label_dir=str(tmp_path / "label"),
+  out = toy_label_eval(str(tmp_path / "le"), pref_data=str(tmp_path / "label"),
                        data_dir=str(data_dir))
   assert out["ai_pairs"] == 40 and out["oracle_ties"] == 10 and out["decided_pairs"] == 30
   assert out["label_accuracy"] == pytest.approx(20 / 30)

@@ -248,7 +248,7 @@ def test_async_save_is_a_snapshot(tmp_path):
   with Checkpointer(tmp_path, async_save=True) as ckpt:
     assert ckpt.save(1, state, metadata={"step": 1})
     for _ in range(4):
-      state = jax.block_until_ready(update(state))  # block: ENVIRONMENT.md §3
+      state = jax.block_until_ready(update(state))  # block: CPU collectives in flight deadlock
     ckpt.save(2, state, metadata={"step": 2})
     ckpt.wait()
     old, meta = ckpt.restore(target, step=1)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from cai_jax import models
-from cai_jax.programs import common
-from cai_jax.sharding import make_mesh
+from cai_jax.programs.sl_cai.sft import lm_loss_fn
+from cai_jax.sharding import batch_putter, make_mesh
 from cai_jax.train import state as state_lib
 from cai_jax.train.optim import make_optimizer
 
@@ -27,7 +27,7 @@ def _reference(num_steps):
   """Single device, no mesh: logits and params after ``num_steps`` steps."""
   graphdef, params = models.init(CFG, seed=3)
   tx, _ = make_optimizer(total_steps=10, learning_rate=1e-2)
-  step = state_lib.make_train_step(common.lm_loss_fn(graphdef), tx)
+  step = state_lib.make_train_step(lm_loss_fn(graphdef), tx)
   logits = models.merge(graphdef, params)(jnp.asarray(_batch()["tokens"]))
   state = state_lib.create_state(params, tx)
   losses = []
@@ -47,7 +47,7 @@ def test_forward_and_train_step_match_single_device(shape, reference, n_devices)
   ref_logits, ref_params, ref_losses = reference
   mesh = make_mesh(*shape)
   graphdef, params = models.init(CFG, seed=3, mesh=mesh)
-  put = common.batch_putter(mesh, B)
+  put = batch_putter(mesh, B)
   with jax.set_mesh(mesh):
     logits = jax.jit(lambda p, t: models.merge(graphdef, p)(t))(params, put(_batch())["tokens"])
     np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-5)
@@ -57,7 +57,7 @@ def test_forward_and_train_step_match_single_device(shape, reference, n_devices)
     shardings = state_lib.state_shardings(mesh, models.param_shardings(CFG, mesh),
                                           abstract_params, tx)
     state = jax.jit(lambda p: state_lib.create_state(p, tx), out_shardings=shardings)(params)
-    step = state_lib.make_train_step(common.lm_loss_fn(graphdef), tx, state_sharding=shardings)
+    step = state_lib.make_train_step(lm_loss_fn(graphdef), tx, state_sharding=shardings)
     losses = []
     for _ in range(3):
       state, m = step(state, put(_batch()), jax.random.key(0))
