@@ -1,8 +1,8 @@
-"""GPU decode sweep (PERFORMANCE.md §4.3 G1): 1B bf16, prompt 256 + 256 new tokens.
+"""GPU decode sweep: 1B bf16, prompt 256 + 256 new tokens.
 
 Reports, per batch size, tokens/s, MBU = (weight bytes + mean KV bytes read) /
-(step time * peak bandwidth) and the roofline ratio (measured tok/s over the §2.3
-bound max(memory, compute)). Goals: MBU >= 0.5 at B=1; roofline ratio >= 0.4 at B=256.
+(step time * peak bandwidth) and the roofline ratio (measured tok/s over the bound
+max(bytes read / peak bandwidth, FLOPs / peak FLOP/s) per step). Goals: MBU >= 0.5 at B=1; roofline ratio >= 0.4 at B=256.
 
 Usage: python benchmarks/bench_sampler.py --device gpu   (not yet measured: no GPU so far)
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from cai_jax import models, sampling
 
-# Llama-3.2-1B shape (PERFORMANCE.md §2.2), bf16.
+# Llama-3.2-1B shape, bf16.
 M1B = models.ModelConfig(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
                          n_kv_heads=8, head_dim=64, d_ff=8192, tie_embeddings=True,
                          param_dtype="bfloat16", dtype="bfloat16", max_seq_len=4096)

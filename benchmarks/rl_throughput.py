@@ -29,13 +29,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cai_jax import constitution as cc  # noqa: E402
+from cai_jax.data.conversations import read_prompts  # noqa: E402
 from cai_jax.data.loaders import preference_loader  # noqa: E402
-from cai_jax.data.tokenizer import Tokenizer  # noqa: E402
-from cai_jax.models.store import load_model  # noqa: E402
-from cai_jax.programs import label_preferences as lp  # noqa: E402
-from cai_jax.programs.generate_sl import read_prompts  # noqa: E402
-from cai_jax.programs.ppo import ppo  # noqa: E402
-from cai_jax.programs.preference_model import pair_rewards, pm_loss_fn  # noqa: E402
+from cai_jax.data.records import read_records  # noqa: E402
+from cai_jax.models.scores import pair_rewards  # noqa: E402
+from cai_jax.models.store import SavedModel  # noqa: E402
+from cai_jax.programs.rl_cai import label as lp  # noqa: E402
+from cai_jax.programs.rl_cai.ppo import ppo  # noqa: E402
+from cai_jax.programs.rl_cai.preference_model import pm_loss_fn  # noqa: E402
+from cai_jax.rl.feedback import FeedbackModel  # noqa: E402
 from cai_jax.sampling import Sampler  # noqa: E402
 from cai_jax.train import state as state_lib  # noqa: E402
 from cai_jax.train.metrics import read_jsonl  # noqa: E402
@@ -45,23 +47,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench_labeling(run: str, n: int = 64, repeats: int = 2) -> dict:
-  _, graph, params, info = load_model(os.path.join(run, "sl_cai", "model"))
-  _, jgraph, jparams, _ = load_model(os.path.join(run, "base", "model"))
-  tok = Tokenizer.load(info["tokenizer_path"])
+  sl_cai = SavedModel.open(os.path.join(run, "sl_cai", "model"), role="the SL-CAI policy")
+  base = SavedModel.open(os.path.join(run, "base", "model"), role="the feedback model")
+  tok = sl_cai.tokenizer()
   const = cc.load_constitution(os.path.join(REPO, "constitutions", "toy.json"))
   prompts = read_prompts(os.path.join(run, "data", "red_team.jsonl"))
-  judge = lp._Judge(Sampler(jgraph, jparams), tok, chain_of_thought=False,  # noqa: SLF001
-                    cot_max_new_tokens=64, cot_temperature=0.0, batch_size=2 * n)
-  policy = Sampler(graph, params)
+  feedback = FeedbackModel(Sampler(*base.load()), tok, batch_size=2 * n,
+                           chain_of_thought=False, cot_max_new_tokens=64, cot_temperature=0.0)
+  policy = Sampler(*sl_cai.load())
   kw = dict(principle_seed=0, num_principles=1, swap_orders=True, clamp=None, exemplars=(),
             sample_kw=dict(max_new_tokens=96, temperature=1.0, top_p=1.0))
   items = lambda k: [(k * n + i, pid, req) for i, (pid, req)  # noqa: E731
                      in enumerate(prompts[k * n:(k + 1) * n])]
-  lp._label_batch(policy, judge, tok, const, items(0), seed=0, **kw)  # warm-up  # noqa: SLF001
+  label = lp._label_batch  # noqa: SLF001
+  label(policy, None, feedback, tok, const, items(0), seed=0, **kw)  # warm-up
   pairs, gen, jud, wall = 0, 0.0, 0.0, 0.0
   for k in range(1, repeats + 1):
     t0 = time.perf_counter()
-    rows, t = lp._label_batch(policy, judge, tok, const, items(k), seed=k, **kw)  # noqa: SLF001
+    rows, t = label(policy, None, feedback, tok, const, items(k), seed=k, **kw)
     wall += time.perf_counter() - t0
     pairs += len(rows)
     gen += t["generation_s"]
@@ -71,11 +74,10 @@ def bench_labeling(run: str, n: int = 64, repeats: int = 2) -> dict:
 
 
 def bench_pm(run: str, steps: int = 10) -> dict:
-  cfg, graph, params, info = load_model(os.path.join(run, "pm", "model"))
-  tok = Tokenizer.load(info["tokenizer_path"])
-  src_dir = os.path.join(run, "label", "records", "pref_data")
-  from cai_jax.data.records import read_records  # pylint: disable=import-outside-toplevel
-  src = read_records(os.path.dirname(src_dir), os.path.basename(src_dir), split="train")
+  pm = SavedModel.open(os.path.join(run, "pm", "model"), role="the preference model")
+  graph, params = pm.load()
+  tok = pm.tokenizer()
+  src = read_records(os.path.join(run, "label", "records"), "pref_data", split="train")
   batch = next(iter(preference_loader(src, tok, seq_len=192, batch_size=16, seed=0)))
   batch = {k: v for k, v in batch.items() if k != "num_truncated"}
   tx, _ = make_optimizer(total_steps=steps, learning_rate=1e-5)
@@ -104,7 +106,7 @@ def bench_ppo(run: str, iterations: int = 4) -> dict:
     cwd = os.getcwd()
     os.chdir(run)
     try:
-      ppo(tmp, policy_from="sl_cai/model", reward_model="pm/model",
+      ppo(tmp, policy_model="sl_cai/model", reward_model="pm/model",
           prompts=("data/red_team.jsonl", "data/helpful.jsonl"), num_iterations=iterations,
           rollout_batch=64, minibatch_size=16, ppo_epochs=2, max_new_tokens=96,
           kl_coef=0.05, ckpt_every=1000, mesh_shape=(1, 1, 1),

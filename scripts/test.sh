@@ -6,6 +6,6 @@ PY=$(bash scripts/setup_env.sh | tail -n 1)
 export JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TF_CPP_MIN_LOG_LEVEL=2
 export TMPDIR="${TMPDIR:-$(mktemp -d)}"
 export TORCHINDUCTOR_CACHE_DIR="$TMPDIR/inductor"
-# collective deadlocks on fake CPU devices abort fast instead of hanging (ENVIRONMENT.md §3)
+# collective deadlocks on fake CPU devices abort fast instead of hanging
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_collective_call_terminate_timeout_seconds=30"
 exec "$PY" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
