@@ -91,3 +91,22 @@ def random_lm(tmp_path_factory, lm_config, words_tokenizer) -> str:
   _, params = models.init(lm_config, seed=0)
   return save_model(str(d / "lm"), params, lm_config,
                     info={"tokenizer_path": words_tokenizer.path})
+
+
+def _same_saved_params(ref_dir, other_dir):
+  """Asserts two saved models hold bit-identical parameters; returns the first's handle."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cai_jax.models.store import SavedModel  # pylint: disable=import-outside-toplevel
+  saved = SavedModel.open(str(ref_dir))
+  _, p_ref = saved.load()
+  _, p_other = SavedModel.open(str(other_dir)).load()
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               p_ref, p_other)
+  return saved
+
+
+@pytest.fixture(scope="session")
+def same_saved_params():
+  """``same_saved_params(ref_dir, other_dir) -> SavedModel``: the resume tests' check that
+  a killed-and-resumed run saved exactly the uninterrupted run's parameters."""
+  return _same_saved_params

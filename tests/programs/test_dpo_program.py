@@ -57,7 +57,8 @@ def _run(run_main, workdir, d, lm, *, fault_after=None, steps=20):
   ], fault_after=fault_after)
 
 
-def test_dpo_binary_learns_and_resumes_to_identical_params(run_main, dpo_inputs, tmp_path):
+def test_dpo_binary_learns_and_resumes_to_identical_params(run_main, dpo_inputs, tmp_path,
+                                                           same_saved_params):
   d, lm, _ = dpo_inputs
   ref = _run(run_main, tmp_path / "ref", d, lm)
   assert ref.returncode == 0, ref.stderr[-3000:]
@@ -79,11 +80,7 @@ def test_dpo_binary_learns_and_resumes_to_identical_params(run_main, dpo_inputs,
   again = _run(run_main, tmp_path / "resumed", d, lm)
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"resumed from step (5|10)\b", again.stderr), again.stderr[-4000:]
-  saved = SavedModel.open(str(tmp_path / "ref" / "model"))
-  _, p_ref = saved.load()
-  _, p_res = SavedModel.open(str(tmp_path / "resumed" / "model")).load()
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               p_ref, p_res)
+  saved = same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
   assert saved.kind == "lm"
   info = saved.info
   assert info["program"] == "dpo" and info["beta"] == 0.1 and info["num_steps"] == 20

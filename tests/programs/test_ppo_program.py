@@ -110,7 +110,8 @@ def _run(run_main, workdir, d, *, fault_after=None, iterations=8):
   ], fault_after=fault_after)
 
 
-def test_ppo_binary_raises_the_reward_and_resumes_exactly(run_main, ppo_inputs, tmp_path):
+def test_ppo_binary_raises_the_reward_and_resumes_exactly(run_main, ppo_inputs, tmp_path,
+                                                          same_saved_params):
   d, _, _ = ppo_inputs
   ref = _run(run_main, tmp_path / "ref", d)
   assert ref.returncode == 0, ref.stderr[-3000:]
@@ -127,11 +128,7 @@ def test_ppo_binary_raises_the_reward_and_resumes_exactly(run_main, ppo_inputs, 
   again = _run(run_main, tmp_path / "resumed", d)
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"resumed from step", again.stderr), again.stderr[-4000:]
-  saved = SavedModel.open(str(tmp_path / "ref" / "model"))
-  _, p_ref = saved.load()
-  _, p_res = SavedModel.open(str(tmp_path / "resumed" / "model")).load()
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               p_ref, p_res)
+  saved = same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
   assert saved.kind == "lm"
   assert saved.info["program"] == "ppo" and saved.info["num_iterations"] == 8
 

@@ -58,7 +58,8 @@ def _run(run_main, workdir, d, lm, *, fault_after=None, steps=30):
   ], fault_after=fault_after)
 
 
-def test_pm_binary_learns_and_resumes_to_identical_params(run_main, pair_inputs, tmp_path):
+def test_pm_binary_learns_and_resumes_to_identical_params(run_main, pair_inputs, tmp_path,
+                                                          same_saved_params):
   d, lm, _ = pair_inputs
   ref = _run(run_main, tmp_path / "ref", d, lm)
   assert ref.returncode == 0, ref.stderr[-3000:]
@@ -83,11 +84,7 @@ def test_pm_binary_learns_and_resumes_to_identical_params(run_main, pair_inputs,
   again = _run(run_main, tmp_path / "resumed", d, lm)
   assert again.returncode == 0, again.stderr[-3000:]
   assert re.search(r"resumed from step (15|20)\b", again.stderr), again.stderr[-4000:]
-  saved = SavedModel.open(str(tmp_path / "ref" / "model"))
-  _, p_ref = saved.load()
-  _, p_res = SavedModel.open(str(tmp_path / "resumed" / "model")).load()
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               p_ref, p_res)
+  saved = same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
   assert saved.kind == "scalar"
   info = saved.info
   assert info["program"] == "preference_model" and info["num_steps"] == 30

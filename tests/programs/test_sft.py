@@ -3,12 +3,9 @@ after an abrupt death to exactly the parameters of an uninterrupted run."""
 import os
 import re
 
-import jax
-import numpy as np
 import pytest
 
 from cai_jax.data.conversations import write_conversations
-from cai_jax.models.store import SavedModel
 from cai_jax.train.metrics import read_jsonl
 
 
@@ -28,7 +25,8 @@ def _run(run_main, workdir, data, tok, *, fault_after=None, steps=8):
   ], fault_after=fault_after)
 
 
-def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path):
+def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path,
+                                                same_saved_params):
   data, tok = sft_inputs
   ref = _run(run_main, tmp_path / "ref", data, tok)
   assert ref.returncode == 0, ref.stderr[-3000:]
@@ -41,11 +39,7 @@ def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path):
   # unfinished save is discarded, so the run resumes from step 6 or, failing that, 3
   assert re.search(r"resumed from step [36]\b", again.stderr), again.stderr[-4000:]
 
-  saved = SavedModel.open(str(tmp_path / "ref" / "model"))
-  _, p_ref = saved.load()
-  _, p_res = SavedModel.open(str(tmp_path / "resumed" / "model")).load()
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               p_ref, p_res)
+  saved = same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
   assert saved.kind == "lm"
   assert saved.info["program"] == "sft" and saved.info["num_steps"] == 8
 
