@@ -159,3 +159,14 @@ def test_sl_conversations_mix(inputs, reference, tmp_path):
   assert len(convs) == 15 and all([t.role for t in c] == [HUMAN, ASSISTANT] for c in convs)
   finals = {r["final"] for r in reference[2]}
   assert sum(c[1].text in finals for c in convs) >= 10
+
+
+def test_a_bad_model_path_fails_before_any_shard_state(inputs, tmp_path):
+  bad = dict(inputs, model=str(tmp_path / "no_such_model"))
+  with pytest.raises(FileNotFoundError, match="generate_sl.model .*no_such_model"):
+    generate_sl(str(tmp_path / "run"), **bad, num_rounds=0, max_new_tokens=4, shard_size=4,
+                batch_size=4)
+  assert not (tmp_path / "run" / "shards").exists()   # nothing a rerun would trust
+  rows = read_sl_data(generate_sl(str(tmp_path / "run"), **inputs, num_rounds=0,
+                                  max_new_tokens=4, shard_size=4, batch_size=4))
+  assert len(rows) == len(PROMPTS)
