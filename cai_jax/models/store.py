@@ -3,8 +3,9 @@
 A saved model is a folder holding ``model.json`` (the ModelConfig, the model kind, and
 free-form info: the tokenizer path, the program that wrote it, where it started from)
 and ``params/`` (an Orbax checkpoint of the parameter tree). ``SavedModel.open(path)``
-is the typed handle every program takes: its config, kind, tokenizer and lineage without
-loading arrays, and ``load`` restores the parameters straight into their shardings.
+is the typed handle every program takes: its config, kind, tokenizer and lineage (in
+``info``: ``program``, ``init_from``, ``reference``, ...) without loading arrays, and
+``load`` restores the parameters straight into their shardings.
 """
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from cai_jax.models import api
 from cai_jax.models.config import ModelConfig
 
 MODEL_JSON = "model.json"
-LINEAGE_KEYS = ("program", "init_from", "reference", "reward_model", "train_data",
-                "copied_from")
 
 
 def save_model(path: str, params: Any, cfg: ModelConfig, *, kind: api.Kind = "lm",
@@ -89,11 +88,6 @@ class SavedModel:
       what = "a preference model (scalar head)" if kind == "scalar" else "a language model"
       raise ValueError(f"{role} {self.path} is a saved {self.kind!r} model, not {what}")
     return self
-
-  @property
-  def lineage(self) -> dict[str, Any]:
-    """Where the model came from: the program that wrote it and its inputs."""
-    return {"path": self.path, **{k: self.info[k] for k in LINEAGE_KEYS if k in self.info}}
 
   def tokenizer(self, path: str | None = None) -> Tokenizer:
     """The model's tokenizer: ``path`` if given, else the one its info records.

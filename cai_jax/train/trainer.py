@@ -94,17 +94,23 @@ def restore_or_init(ckpt: Checkpointer, target: Any, init: Callable[[], Any]
   return init(), None
 
 
-def train_state(mesh: Mesh, init: ModelInit, optimizer: Any, ckpt: Checkpointer
-                ) -> tuple[state_lib.TrainState, dict | None, state_lib.TrainState]:
-  """The restored or fresh ``TrainState`` of ``init``'s model, its checkpoint metadata
-  (None when fresh) and its shardings."""
-  _, abstract_params, _ = models.abstract(init.config, init.kind)
-  param_sh = models.param_shardings(init.config, mesh, init.kind)
-  shardings = state_lib.state_shardings(mesh, param_sh, abstract_params, optimizer)
-  target = state_lib.abstract_state(shardings, abstract_params, optimizer)
-  create = jax.jit(lambda p: state_lib.create_state(p, optimizer), out_shardings=shardings)
-  state, meta = restore_or_init(ckpt, target, lambda: create(init.params(mesh)))
-  return state, meta, shardings
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+  """A ``TrainState``'s shardings, its restore target and its jitted constructor."""
+
+  shardings: state_lib.TrainState
+  target: state_lib.TrainState
+  create: Callable[[Any], state_lib.TrainState]   # params -> fresh state, in shardings
+
+
+def state_layout(mesh: Mesh, abstract_params: Any, param_shardings: Any,
+                 optimizer: Any) -> StateLayout:
+  """Shapes and shardings of the train state of ``abstract_params`` (optimizer moments
+  follow their parameters), before any array exists."""
+  shardings = state_lib.state_shardings(mesh, param_shardings, abstract_params, optimizer)
+  return StateLayout(
+      shardings, state_lib.abstract_state(shardings, abstract_params, optimizer),
+      jax.jit(lambda p: state_lib.create_state(p, optimizer), out_shardings=shardings))
 
 
 def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
@@ -139,10 +145,12 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
   tx, lr_schedule = optimizer(total_steps=schedule.num_steps)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=schedule.keep_checkpoints)
-  state, meta, shardings = train_state(mesh, init, tx, ckpt)
+  layout = state_layout(mesh, abstract_params,
+                        models.param_shardings(init.config, mesh, init.kind), tx)
+  state, meta = restore_or_init(ckpt, layout.target, lambda: layout.create(init.params(mesh)))
   if meta is not None:
     batches.set_state(meta["data_state"])
-  step_fn = state_lib.make_train_step(loss(graphdef), tx, state_sharding=shardings)
+  step_fn = state_lib.make_train_step(loss(graphdef), tx, state_sharding=layout.shardings)
 
   # --- Loop, in stretches between evaluations ---------------------------------------
   stretch = eval_every if (evaluate is not None and eval_every) else schedule.num_steps

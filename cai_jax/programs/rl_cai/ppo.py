@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import gin
 import jax
@@ -46,7 +46,6 @@ from cai_jax.rl import ppo as ppo_lib
 from cai_jax.rl.reward import RewardModel
 from cai_jax.sharding import build_mesh
 from cai_jax.train import faults, trainer
-from cai_jax.train import state as state_lib
 from cai_jax.train.checkpoint import Checkpointer
 from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.optim import make_optimizer
@@ -55,43 +54,47 @@ _log = logging.getLogger(__name__)
 
 
 def _learner(cfg: ppo_lib.PPOConfig, mesh, policy: SavedModel, rm: SavedModel,
-             value: SavedModel, tok, tx) -> tuple[ppo_lib.PPOLearner, dict, Any]:
+             value: SavedModel, tok, tx) -> tuple[ppo_lib.PPOLearner, trainer.StateLayout]:
   """Loads the frozen reference and the reward model and builds the learner; also returns
-  the abstract train parameters {"policy", "value"} and the train state's shardings."""
+  the layout of the train state (policy + value)."""
   roles = {"policy": (policy.config, "lm"), "value": (value.config, "scalar")}
-  abstract = {r: models.abstract(c, k)[1] for r, (c, k) in roles.items()}
-  train_sh = state_lib.state_shardings(
-      mesh, {r: models.param_shardings(c, mesh, k) for r, (c, k) in roles.items()},
-      abstract, tx)
+  abstract = {r: models.abstract(c, k) for r, (c, k) in roles.items()}
+  params = {r: a[1] for r, a in abstract.items()}
+  layout = trainer.state_layout(
+      mesh, params, {r: models.param_shardings(c, mesh, k) for r, (c, k) in roles.items()},
+      tx)
   pgraph, ref_params = policy.load(mesh=mesh, kind="lm")
   reward = RewardModel.load(rm, mesh=mesh, tokenizer=tok, batch_size=cfg.rollout_batch)
   _log.info("ppo: policy %s, value %s, reward %s parameters",
-            *(f"{models.count_params(x):,}" for x in (abstract["policy"], abstract["value"],
+            *(f"{models.count_params(x):,}" for x in (params["policy"], params["value"],
                                                       reward.params)))
-  graphdefs = {"policy": pgraph, "value": models.abstract(value.config, "scalar")[0],
-               "reward": reward.graphdef}
+  graphdefs = {"policy": pgraph, "value": abstract["value"][0], "reward": reward.graphdef}
   learner = ppo_lib.PPOLearner(cfg, mesh=mesh, graphdefs=graphdefs, ref_params=ref_params,
-                               reward=reward, optimizer=tx, state_shardings=train_sh)
-  return learner, abstract, train_sh
+                               reward=reward, optimizer=tx,
+                               state_shardings=layout.shardings)
+  return learner, layout
 
 
-def _initial_state(learner: ppo_lib.PPOLearner, policy: SavedModel, value: SavedModel,
-                   abstract: dict, train_sh: Any, tx, controller, ckpt: Checkpointer
+def _initial_state(learner: ppo_lib.PPOLearner, value: SavedModel, rm: SavedModel,
+                   layout: trainer.StateLayout, controller, ckpt: Checkpointer
                    ) -> tuple[ppo_lib.PPOState, int]:
   """The restored or fresh ``PPOState`` (train state: policy + value; KL controller) and
-  the number of finished iterations."""
+  the number of finished iterations. A fresh policy starts as a copy of the frozen
+  reference, a fresh value model as a copy of the reward model when it starts from it."""
   replicated = NamedSharding(learner.mesh, P())
   target = ppo_lib.PPOState(
-      train=state_lib.abstract_state(train_sh, abstract, tx),
+      train=layout.target,
       kl=kl_lib.KLControllerState(beta=jax.ShapeDtypeStruct((), jnp.float32,
                                                             sharding=replicated)))
-  create = jax.jit(lambda p: state_lib.create_state(p, tx), out_shardings=train_sh)
 
   def init():
-    # Fresh copies (not the frozen reference): the train step donates the state's arrays.
-    params = {"policy": policy.load(mesh=learner.mesh, kind="lm")[1],
-              "value": value.load(mesh=learner.mesh, kind="scalar")[1]}
-    return ppo_lib.PPOState(train=create(params), kl=learner.replicated(controller.init()))
+    # Copies, not the frozen arrays themselves: the train step donates the state's arrays.
+    same = value.path == rm.path
+    params = {"policy": jax.tree.map(jnp.copy, learner.ref_params),
+              "value": (jax.tree.map(jnp.copy, learner.reward.params) if same
+                        else value.load(mesh=learner.mesh, kind="scalar")[1])}
+    return ppo_lib.PPOState(train=layout.create(params),
+                            kl=learner.replicated(controller.init()))
 
   state, _ = trainer.restore_or_init(ckpt, target, init)
   return state, int(jax.device_get(state.train.step)) // learner.cfg.steps_per_iteration
@@ -200,10 +203,9 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   prompt_ids = [cc.initial_prompt(t).token_ids(tok) for t in pool]
   mesh = build_mesh(mesh_shape)
   tx, lr = optimizer(total_steps=num_iterations * cfg.steps_per_iteration)
-  learner, abstract, train_sh = _learner(cfg, mesh, policy, rm, value, tok, tx)
+  learner, layout = _learner(cfg, mesh, policy, rm, value, tok, tx)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
-  state, start = _initial_state(learner, policy, value, abstract, train_sh, tx, controller,
-                                ckpt)
+  state, start = _initial_state(learner, value, rm, layout, controller, ckpt)
   _log.info("ppo: %d prompts; starting at iteration %d of %d", len(pool), start,
             num_iterations)
 
