@@ -57,3 +57,25 @@ def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, ti
 def run_main():
   """The binary as a function: ``run_main(workdir, gin_files, gin_params, ...)``."""
   return _run_main
+
+
+# The HF parity table: every parity test records (check, case, max error, logit scale);
+# the rows are printed at the end of the session, so CI logs show the table.
+_ROWS = []
+
+
+@pytest.fixture
+def parity_record():
+  def record(check: str, case: str, err: float, scale: float) -> None:
+    _ROWS.append((check, case, err, scale))
+  return record
+
+
+def pytest_terminal_summary(terminalreporter):
+  if not _ROWS:
+    return
+  tr = terminalreporter
+  tr.section("HF parity (float32, max |logit difference| vs transformers)")
+  tr.write_line(f"{'check':8} {'case':28} {'max err':>9} {'logit scale':>11} {'rel':>9}")
+  for check, case, err, scale in sorted(_ROWS):
+    tr.write_line(f"{check:8} {case:28} {err:9.2e} {scale:11.2f} {err / max(scale, 1):9.2e}")

@@ -1,4 +1,7 @@
-"""Hugging Face Llama checkpoints <-> our ``Transformer``: ``from_hf`` and ``to_hf``.
+"""Hugging Face checkpoints <-> our ``Transformer``: ``from_hf`` and ``to_hf``.
+
+The families (Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 1/2/3 text, Phi-3) and their
+config fields are mapped in ``hf_config``; this module maps the tensors.
 
 A checkpoint folder holds ``config.json`` and one or several ``*.safetensors`` files
 (with ``model.safetensors.index.json`` when sharded). Tensors are read one at a time
@@ -9,6 +12,7 @@ This module never imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -28,6 +32,7 @@ from safetensors.numpy import save_file
 
 from cai_jax.models import api
 from cai_jax.models.config import ModelConfig
+from cai_jax.models.hf_config import config_from_hf, config_to_hf
 from cai_jax.models.transformer import Transformer
 
 _INDEX = "model.safetensors.index.json"
@@ -36,87 +41,101 @@ _RAW_DTYPES = {"BF16": ml_dtypes.bfloat16}                              # read f
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def config_from_hf(hf: dict[str, Any], dtype: Any = jnp.float32) -> ModelConfig:
-  """Maps a HF ``config.json`` dict to a ModelConfig; refuses what we do not implement.
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  """One HF tensor and the parameter(s) of ours it holds.
 
-  Raises:
-    ValueError: naming the field, for an unsupported model type, rope scaling,
-      activation, biases, or a Mistral sliding window.
+  ``layout``: "copy" (same shape: norms, embeddings), "bias" (HF [out] -> ours [n, k]) or
+  "linear" (HF torch [out, in] -> ours [in..., out...]); a fused HF tensor (Phi-3's
+  ``qkv_proj`` and ``gate_up_proj``) lists several paths, its rows split in that order.
   """
-  model_type = hf.get("model_type", "llama")
-  if model_type not in ("llama", "mistral"):
-    raise ValueError(f"model_type={model_type!r} is not supported; expected 'llama' (or "
-                     "'mistral' without sliding window)")
-  if model_type == "mistral" and hf.get("sliding_window") is not None:
-    raise ValueError(f"sliding_window={hf['sliding_window']} is not supported (only full "
-                     "causal attention); set it to null")
-  for field in ("attention_bias", "mlp_bias"):
-    if hf.get(field):
-      raise ValueError(f"{field}=true is not supported (Llama layers have no biases)")
-  if hf.get("hidden_act", "silu") != "silu":
-    raise ValueError(f"hidden_act={hf['hidden_act']!r} is not supported; expected 'silu'")
-  rope = hf.get("rope_parameters") or {}
-  theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-  for field, params in (("rope_parameters", rope), ("rope_scaling", hf.get("rope_scaling"))):
-    rope_type = (params or {}).get("rope_type", (params or {}).get("type", "default"))
-    if rope_type != "default":
-      raise ValueError(f"{field}: rope_type={rope_type!r} is not supported; only 'default'")
-  partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-  if partial != 1.0:
-    raise ValueError(f"partial_rotary_factor={partial} is not supported; expected 1.0")
-  n_heads = hf["num_attention_heads"]
-  dtype_name = jnp.dtype(dtype).name
-  return ModelConfig(
-      vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-      n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-      n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-      d_ff=hf["intermediate_size"], rope_theta=float(theta),
-      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      max_seq_len=hf.get("max_position_embeddings", 2048),
-      param_dtype=dtype_name, dtype=dtype_name,
-      init_std=hf.get("initializer_range", 0.02))
+
+  key: str
+  paths: tuple[tuple, ...]
+  layout: str = "linear"
 
 
-def config_to_hf(cfg: ModelConfig, dtype_name: str) -> dict[str, Any]:
-  """A transformers-5 style ``config.json`` dict for ``LlamaForCausalLM``."""
-  return {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-      "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
-      "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers,
-      "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
-      "head_dim": cfg.head_dim, "hidden_act": "silu",
-      "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-      "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
-      "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
-      "attention_dropout": 0.0, "mlp_bias": False, "initializer_range": cfg.init_std,
-      "use_cache": True, "dtype": dtype_name,
-  }
-
-
-def _param_map(cfg: ModelConfig) -> Iterator[tuple[str, tuple, bool]]:
-  """(HF key, our param path, transposed?) for every parameter of the LM."""
-  yield "model.embed_tokens.weight", ("embed_vd",), False
+def _param_map(cfg: ModelConfig) -> Iterator[_Entry]:
+  """Every HF tensor of ``cfg.family`` and where it goes."""
+  fused = cfg.family == "phi3"
+  yield _Entry("model.embed_tokens.weight", (("embed_vd",),), "copy")
   for i in range(cfg.n_layers):
-    pre = f"model.layers.{i}."
-    yield pre + "input_layernorm.weight", ("layers", i, "attn_norm", "scale_d"), False
-    for proj, ours in (("q", "wq_dnk"), ("k", "wk_dmk"), ("v", "wv_dmk"), ("o", "wo_nkd")):
-      yield pre + f"self_attn.{proj}_proj.weight", ("layers", i, "attn", ours), True
-    yield pre + "post_attention_layernorm.weight", ("layers", i, "mlp_norm", "scale_d"), False
-    for proj, ours in (("gate", "w_gate_df"), ("up", "w_up_df"), ("down", "w_down_fd")):
-      yield pre + f"mlp.{proj}_proj.weight", ("layers", i, "mlp", ours), True
-  yield "model.norm.weight", ("final_norm", "scale_d"), False
+    pre, lay = f"model.layers.{i}.", ("layers", i)
+    att, mlp = lay + ("attn",), lay + ("mlp",)
+    yield _Entry(pre + "input_layernorm.weight", (lay + ("attn_norm", "scale_d"),), "copy")
+    qkv = (att + ("wq_dnk",), att + ("wk_dmk",), att + ("wv_dmk",))
+    if fused:
+      yield _Entry(pre + "self_attn.qkv_proj.weight", qkv)
+    else:
+      for proj, path in zip("qkv", qkv):
+        yield _Entry(pre + f"self_attn.{proj}_proj.weight", (path,))
+    yield _Entry(pre + "self_attn.o_proj.weight", (att + ("wo_nkd",),))
+    if cfg.qkv_bias:
+      for proj, ours in (("q", "bq_nk"), ("k", "bk_mk"), ("v", "bv_mk")):
+        yield _Entry(pre + f"self_attn.{proj}_proj.bias", (att + (ours,),), "bias")
+    if cfg.qk_norm:
+      for proj in ("q", "k"):
+        yield _Entry(pre + f"self_attn.{proj}_norm.weight", (att + (f"{proj}_norm", "scale_d"),),
+                     "copy")
+    norms = ((("post_attention_layernorm", "post_attn_norm"),
+              ("pre_feedforward_layernorm", "mlp_norm"),
+              ("post_feedforward_layernorm", "post_mlp_norm")) if cfg.post_norms else
+             (("post_attention_layernorm", "mlp_norm"),))
+    for hf_name, ours in norms:
+      yield _Entry(pre + f"{hf_name}.weight", (lay + (ours, "scale_d"),), "copy")
+    gate_up = (mlp + ("w_gate_df",), mlp + ("w_up_df",))
+    if fused:
+      yield _Entry(pre + "mlp.gate_up_proj.weight", gate_up)
+    else:
+      for proj, path in zip(("gate", "up"), gate_up):
+        yield _Entry(pre + f"mlp.{proj}_proj.weight", (path,))
+    yield _Entry(pre + "mlp.down_proj.weight", (mlp + ("w_down_fd",),))
+  yield _Entry("model.norm.weight", (("final_norm", "scale_d"),), "copy")
   if not cfg.tie_embeddings:
-    yield "lm_head.weight", ("lm_head_dv",), True
+    yield _Entry("lm_head.weight", (("lm_head_dv",),))
 
 
-def _hf_shape(our_shape: tuple[int, ...], transposed: bool, path: tuple) -> tuple[int, ...]:
-  """Torch [out, in] shape of one of our weights (in dims lead ours, except wo_nkd)."""
-  if not transposed:
-    return tuple(our_shape)
-  n_in = 2 if path[-1] == "wo_nkd" else 1
-  return (math.prod(our_shape[n_in:]), math.prod(our_shape[:n_in]))
+def _n_in(path: tuple) -> int:
+  """How many leading dims of our weight are the torch ``in`` dims."""
+  return 2 if path[-1] == "wo_nkd" else 1
+
+
+def _hf_shape(entry: _Entry, shapes: dict) -> tuple[int, ...]:
+  """The HF tensor shape of an entry, from our parameter shapes."""
+  ours = [tuple(shapes[p].shape) for p in entry.paths]
+  if entry.layout == "copy":
+    return ours[0]
+  if entry.layout == "bias":
+    return (math.prod(ours[0]),)
+  n_in = _n_in(entry.paths[0])
+  return (sum(math.prod(s[n_in:]) for s in ours), math.prod(ours[0][:n_in]))
+
+
+def _to_ours(entry: _Entry, w: np.ndarray, shapes: dict) -> dict[tuple, np.ndarray]:
+  """Splits / transposes one HF tensor into our parameter(s)."""
+  if entry.layout != "linear":
+    return {entry.paths[0]: w.reshape(shapes[entry.paths[0]].shape)}
+  out, row = {}, 0
+  for p in entry.paths:
+    shape = tuple(shapes[p].shape)
+    rows = math.prod(shape[_n_in(p):])
+    out[p] = w[row:row + rows].T.reshape(shape)
+    row += rows
+  return out
+
+
+def _to_hf(entry: _Entry, ours: dict[tuple, np.ndarray]) -> np.ndarray:
+  """Our parameter(s) -> one HF tensor (the inverse of ``_to_ours``)."""
+  if entry.layout == "copy":
+    return ours[entry.paths[0]]
+  if entry.layout == "bias":
+    return ours[entry.paths[0]].reshape(-1)
+  parts = []
+  for p in entry.paths:
+    w = ours[p]
+    n_in = math.prod(w.shape[:_n_in(p)])
+    parts.append(w.reshape(n_in, -1).T)
+  return np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
 def _read_header(file: str) -> dict[str, Any]:
@@ -185,7 +204,7 @@ def _check_keys(ckpt: _Checkpoint, expected: dict[str, tuple[int, ...]], tied: b
 
 
 def from_hf(path: str, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> Transformer:
-  """Loads a HF Llama-family checkpoint folder as an NNX ``Transformer``.
+  """Loads a HF checkpoint folder (any family of ``hf_config``) as an NNX ``Transformer``.
 
   Args:
     path: folder with ``config.json`` and ``*.safetensors`` (sharded or not).
@@ -200,30 +219,47 @@ def from_hf(path: str, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) ->
     ValueError: for unsupported config fields, and for missing/unexpected keys or
       shape mismatches (all listed at once, before any tensor is read).
   """
-  with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-    cfg = config_from_hf(json.load(f), dtype)
+  cfg = read_hf_config(path, dtype)
   graphdef, shapes, _ = api.abstract(cfg)
   flat_shapes = traversals.flatten_mapping(shapes)
   shardings = None if mesh is None else traversals.flatten_mapping(
       api.param_shardings(cfg, mesh))
   table = list(_param_map(cfg))
-  if {p for _, p, _ in table} != set(flat_shapes):
+  if {p for e in table for p in e.paths} != set(flat_shapes):
     raise AssertionError("HF parameter map is out of sync with the model's parameters")
-  expected = {k: _hf_shape(flat_shapes[p].shape, t, p) for k, p, t in table}
+  expected = {e.key: _hf_shape(e, flat_shapes) for e in table}
   ckpt = _Checkpoint(path)
   _check_keys(ckpt, expected, cfg.tie_embeddings)
   np_dtype = np.dtype(cfg.jnp_param_dtype)
   flat = {}
-  for key, p, transposed in table:
-    w = ckpt.load(key)
-    w = w.T.reshape(flat_shapes[p].shape) if transposed else w
-    if shardings is None:
-      flat[p] = jnp.asarray(w.astype(np_dtype))
-    else:
-      flat[p] = jax.make_array_from_callback(
-          w.shape, shardings[p], lambda idx, w=w: np.ascontiguousarray(w[idx], np_dtype))
-    del w
+  for entry in table:
+    for p, w in _to_ours(entry, ckpt.load(entry.key), flat_shapes).items():
+      if shardings is None:
+        flat[p] = jnp.asarray(w.astype(np_dtype))
+      else:
+        flat[p] = jax.make_array_from_callback(
+            w.shape, shardings[p], lambda idx, w=w: np.ascontiguousarray(w[idx], np_dtype))
+      del w
   return api.merge(graphdef, traversals.unflatten_mapping(flat))
+
+
+def read_hf_config(path: str, dtype: Any = jnp.float32) -> ModelConfig:
+  """The ModelConfig of a HF checkpoint folder (``config.json``; see ``hf_config``).
+
+  Raises:
+    FileNotFoundError: no ``config.json`` in ``path``.
+    ValueError: an unsupported configuration (naming the field and the file).
+  """
+  file = os.path.join(path, "config.json")
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+  with open(file, encoding="utf-8") as f:
+    raw = json.load(f)
+  try:
+    return config_from_hf(raw, dtype)
+  except (KeyError, ValueError) as e:
+    what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+    raise ValueError(f"{file}: {what}") from None
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -234,7 +270,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 def to_hf(model: Transformer, path: str, *, dtype: Any = None,
           max_shard_bytes: int = 5 * 2**30, extra_config: dict[str, Any] | None = None) -> None:
-  """Writes ``model`` as a HF ``LlamaForCausalLM`` folder that transformers loads.
+  """Writes ``model`` as a HF folder of its family (``LlamaForCausalLM``, ...).
 
   Writes ``config.json`` and ``model.safetensors`` (or ``model-0000i-of-0000N`` shards
   plus ``model.safetensors.index.json`` when larger than ``max_shard_bytes``). Stale
@@ -253,10 +289,12 @@ def to_hf(model: Transformer, path: str, *, dtype: Any = None,
   cfg = model.cfg
   if model.lm_head_dv is None and not cfg.tie_embeddings:
     raise ValueError("model was built without an LM head (with_lm_head=False)")
-  np_dtype = np.dtype(cfg.jnp_param_dtype if dtype is None else dtype)
+  hf_cfg = {**config_to_hf(cfg, np.dtype(cfg.jnp_param_dtype if dtype is None else dtype).name),
+            **(extra_config or {})}
+  np_dtype = np.dtype(hf_cfg["dtype"])
   flat = traversals.flatten_mapping(api.split(model)[1])
-  table = [(k, p, t, _hf_shape(flat[p].shape, t, p)) for k, p, t in _param_map(cfg)]
-  hosts = {p: _to_host(flat[p]) for _, p, _, _ in table}  # every process joins the gathers
+  table = list(_param_map(cfg))
+  hosts = {p: _to_host(flat[p]) for e in table for p in e.paths}  # every process gathers
   if jax.process_index() != 0:
     return
   os.makedirs(path, exist_ok=True)
@@ -265,7 +303,7 @@ def to_hf(model: Transformer, path: str, *, dtype: Any = None,
     os.remove(stale)
   groups, size = [[]], 0
   for entry in table:
-    nbytes = math.prod(entry[3]) * np_dtype.itemsize
+    nbytes = math.prod(_hf_shape(entry, flat)) * np_dtype.itemsize
     if groups[-1] and size + nbytes > max_shard_bytes:
       groups.append([])
       size = 0
@@ -276,17 +314,15 @@ def to_hf(model: Transformer, path: str, *, dtype: Any = None,
   weight_map, total = {}, 0
   for name, group in zip(names, groups):
     tensors = {}
-    for key, p, transposed, hf_shape in group:
-      w = hosts.pop(p)
-      w = w.reshape(hf_shape[::-1]).T if transposed else w
-      tensors[key] = np.ascontiguousarray(w, np_dtype)
-      weight_map[key] = name
-      total += tensors[key].nbytes
+    for entry in group:
+      tensors[entry.key] = np.ascontiguousarray(
+          _to_hf(entry, {p: hosts.pop(p) for p in entry.paths}), np_dtype)
+      weight_map[entry.key] = name
+      total += tensors[entry.key].nbytes
     save_file(tensors, os.path.join(path, name), metadata={"format": "pt"})
     del tensors
   if len(groups) > 1:
     with open(os.path.join(path, _INDEX), "w", encoding="utf-8") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-  hf_cfg = {**config_to_hf(cfg, np_dtype.name), **(extra_config or {})}
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)

@@ -1,4 +1,8 @@
-"""Llama building blocks in Flax NNX: RMSNorm, RoPE, GQA attention, SwiGLU.
+"""Decoder building blocks in Flax NNX: RMSNorm, RoPE, GQA attention, gated MLP.
+
+One set of modules covers the Llama family and its relatives (see ``ModelConfig``):
+q/k/v biases, per-head q/k norms, the Gemma ``1 + w`` norm, GeGLU, sandwich norms,
+attention soft-capping, RoPE scaling and partial rotary, sliding-window layers.
 
 Weights are ``nnx.Param``s whose ``axes`` metadata holds logical axis names (see
 ``cai_jax.sharding.rules``). Names carry einsum-letter shape suffixes:
@@ -7,18 +11,21 @@ k=head_dim, f=d_ff, v=vocab.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from cai_jax.models.config import ModelConfig
+from cai_jax.models.config import SLIDING, ModelConfig
 
 _NEG = -1e30  # finite "minus infinity": fully masked rows stay NaN-free
 
 
-def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std=None) -> nnx.Param:
+def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std=None, fill=1.0) -> nnx.Param:
   if std is None:
-    value = jnp.ones(shape, cfg.jnp_param_dtype)
+    value = jnp.full(shape, fill, cfg.jnp_param_dtype)
   else:
     value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(
         cfg.jnp_param_dtype)
@@ -26,43 +33,130 @@ def _param(rngs: nnx.Rngs, cfg: ModelConfig, shape, axes, std=None) -> nnx.Param
 
 
 class RMSNorm(nnx.Module):
-  """Root-mean-square norm, computed in float32 (as HF Llama does)."""
+  """Root-mean-square norm over the last axis, computed in float32 (as HF does).
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  With ``cfg.norm_offset == 0`` (Llama) the normalised input is cast back to its dtype
+  and multiplied by ``w``; otherwise (Gemma) it is multiplied by ``offset + w`` in
+  float32 and then cast. The scale starts at the value that makes the norm an identity.
+  """
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, dim: int | None = None,
+               axes: tuple = ("embed",)):
     self.eps = cfg.norm_eps
-    self.scale_d = _param(rngs, cfg, (cfg.d_model,), ("embed",))
+    self.offset = cfg.norm_offset
+    self.scale_d = _param(rngs, cfg, (dim or cfg.d_model,), axes, fill=1.0 - cfg.norm_offset)
 
-  def __call__(self, x_btd: jax.Array) -> jax.Array:
-    x32 = x_btd.astype(jnp.float32)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return self.scale_d[...] * x32.astype(x_btd.dtype)
+    if self.offset:
+      return (x32 * (self.offset + self.scale_d[...].astype(jnp.float32))).astype(x.dtype)
+    return self.scale_d[...] * x32.astype(x.dtype)
 
 
-def rope(x_btnk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding in the rotate-half layout (first half / second half), as HF."""
+def rope_inv_freq(cfg: ModelConfig, theta: float, scaled: bool) -> np.ndarray:
+  """Inverse RoPE frequencies [rot/2] (float32), with the config's scaling if ``scaled``.
+
+  ``linear`` divides every frequency by the factor; ``llama3`` (Llama 3.1) divides the
+  low frequencies by it, keeps the high ones and interpolates smoothly in between.
+  """
+  rot = int(cfg.head_dim * cfg.rotary_fraction)
+  exponent = np.arange(0, rot, 2, dtype=np.float32) / np.float32(rot)
+  inv = (np.float32(1.0) / np.power(np.float32(theta), exponent)).astype(np.float32)
+  if not scaled or cfg.rope_type == "default":
+    return inv
+  factor = np.float32(cfg.rope_factor)
+  if cfg.rope_type == "linear":
+    return (inv / factor).astype(np.float32)
+  low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+  old = cfg.rope_original_max_len
+  wavelen = 2 * math.pi / inv
+  scaled_inv = np.where(wavelen > old / low, inv / factor, inv)
+  smooth = (old / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled_inv / factor + smooth * scaled_inv
+  medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+  return np.where(medium, smoothed, scaled_inv).astype(np.float32)
+
+
+def rope(x_btnk: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray | float
+         ) -> jax.Array:
+  """Rotary embedding in the rotate-half layout (first half / second half), as HF.
+
+  Args:
+    x_btnk: [b, t, n, k] queries or keys.
+    positions_bt: [b, t] positions.
+    inv_freq: [r/2] inverse frequencies (``rope_inv_freq``); only the first r of the k
+      dims rotate (partial rotary), the rest pass through. A float is a RoPE base theta
+      (all dims, no scaling).
+  """
   k = x_btnk.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
-  freqs = positions_bt.astype(jnp.float32)[..., None] * inv_freq       # [b, t, k/2]
-  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]          # [b, t, 1, k]
+  if np.ndim(inv_freq) == 0:
+    inv_freq = 1.0 / (float(inv_freq) ** (np.arange(0, k, 2, dtype=np.float32) / k))
+  inv_freq = jnp.asarray(inv_freq, jnp.float32)
+  rot = 2 * inv_freq.shape[0]
+  freqs = positions_bt.astype(jnp.float32)[..., None] * inv_freq       # [b, t, r/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]          # [b, t, 1, r]
   cos, sin = jnp.cos(emb), jnp.sin(emb)
-  x1, x2 = jnp.split(x_btnk.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x_btnk.astype(jnp.float32) * cos + rotated * sin).astype(x_btnk.dtype)
+  x32 = x_btnk.astype(jnp.float32)
+  xr, rest = x32[..., :rot], x32[..., rot:]
+  x1, x2 = jnp.split(xr, 2, axis=-1)
+  out = xr * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+  if rot < k:
+    out = jnp.concatenate([out, rest], axis=-1)
+  return out.astype(x_btnk.dtype)
+
+
+def window_mask(mask_bts: jax.Array, q_pos_bt: jax.Array, k_pos_bs: jax.Array,
+                window: int) -> jax.Array:
+  """Restricts a mask to keys less than ``window`` positions behind the query."""
+  return mask_bts & (q_pos_bt[:, :, None] - k_pos_bs[:, None, :] < window)
 
 
 class Attention(nnx.Module):
-  """Grouped-query causal self-attention with an optional KV cache."""
+  """Grouped-query causal self-attention with an optional KV cache.
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  Args:
+    cfg: the model configuration.
+    rngs: NNX rngs.
+    layer: the layer index (its type decides the sliding window and the RoPE base).
+  """
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
     d, n, m, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     std = cfg.init_std
     self.cfg = cfg
+    sliding = cfg.layer_type(layer) == SLIDING
+    self.window = cfg.sliding_window if sliding else None
+    local = sliding and cfg.local_rope_theta is not None
+    theta = cfg.local_rope_theta if local else cfg.rope_theta
+    self.inv_freq = tuple(float(x) for x in rope_inv_freq(cfg, theta, scaled=not local))
+    self.scale = (cfg.query_pre_attn_scalar or k) ** -0.5
     self.wq_dnk = _param(rngs, cfg, (d, n, k), ("embed", "heads", "kv"), std)
     self.wk_dmk = _param(rngs, cfg, (d, m, k), ("embed", "kv_heads", "kv"), std)
     self.wv_dmk = _param(rngs, cfg, (d, m, k), ("embed", "kv_heads", "kv"), std)
     self.wo_nkd = _param(rngs, cfg, (n, k, d), ("heads", "kv", "embed"), std)
+    if cfg.qkv_bias:
+      self.bq_nk = _param(rngs, cfg, (n, k), ("heads", "kv"), fill=0.0)
+      self.bk_mk = _param(rngs, cfg, (m, k), ("kv_heads", "kv"), fill=0.0)
+      self.bv_mk = _param(rngs, cfg, (m, k), ("kv_heads", "kv"), fill=0.0)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(cfg, rngs, dim=k, axes=("kv",))
+      self.k_norm = RMSNorm(cfg, rngs, dim=k, axes=("kv",))
 
-  def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None):
+  def _qkv(self, x):
+    dt = self.cfg.jnp_dtype
+    q = jnp.einsum("btd,dnk->btnk", x, self.wq_dnk[...].astype(dt))
+    k = jnp.einsum("btd,dmk->btmk", x, self.wk_dmk[...].astype(dt))
+    v = jnp.einsum("btd,dmk->btmk", x, self.wv_dmk[...].astype(dt))
+    if self.cfg.qkv_bias:
+      q, k, v = q + self.bq_nk[...].astype(dt), k + self.bk_mk[...].astype(dt), \
+          v + self.bv_mk[...].astype(dt)
+    if self.cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    return q, k, v
+
+  def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None,
+               key_positions_bs=None):
     """Attends queries of ``x`` to its own keys, or to a cache.
 
     Args:
@@ -72,27 +166,34 @@ class Attention(nnx.Module):
       cache: optional dict with ``k``/``v`` [b, S, m, k]; the new keys and values are
         written at ``cache_index`` and attention runs over all S slots.
       cache_index: int32 scalar, the slot of the first new token.
+      key_positions_bs: [b, s] int32 position of every key (a sliding-window layer
+        needs them); default ``positions_bt`` (no cache).
 
     Returns:
       (output [b, t, d], updated cache or None).
     """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
-    x = x_btd.astype(dt)
-    q = jnp.einsum("btd,dnk->btnk", x, self.wq_dnk[...].astype(dt))
-    k = jnp.einsum("btd,dmk->btmk", x, self.wk_dmk[...].astype(dt))
-    v = jnp.einsum("btd,dmk->btmk", x, self.wv_dmk[...].astype(dt))
-    q = rope(q, positions_bt, cfg.rope_theta)
-    k = rope(k, positions_bt, cfg.rope_theta)
+    q, k, v = self._qkv(x_btd.astype(dt))
+    q = rope(q, positions_bt, np.asarray(self.inv_freq, np.float32))
+    k = rope(k, positions_bt, np.asarray(self.inv_freq, np.float32))
     if cache is not None:
       idx = (0, cache_index, 0, 0)
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
       cache = {"k": k, "v": v}
+    if self.window is not None:
+      if key_positions_bs is None:
+        if cache is not None:
+          raise ValueError("a sliding-window layer attending to a cache needs key_positions_bs")
+        key_positions_bs = positions_bt
+      mask_bts = window_mask(mask_bts, positions_bt, key_positions_bs, self.window)
     b, t, n, kd = q.shape
     m = k.shape[2]
     q = q.reshape(b, t, m, n // m, kd)
     scores = jnp.einsum("btmgk,bsmk->bmgts", q, k.astype(dt)).astype(jnp.float32)
-    scores = scores * (kd ** -0.5)
+    scores = scores * self.scale
+    if cfg.attn_softcap is not None:
+      scores = jnp.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
     scores = jnp.where(mask_bts[:, None, None, :, :], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum("bmgts,bsmk->btmgk", probs, v.astype(dt)).reshape(b, t, n, kd)
@@ -100,11 +201,12 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+  """Gated feed-forward: down(act(gate(x)) * up(x)); act = silu (SwiGLU) or tanh-GELU."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, f, std = cfg.d_model, cfg.d_ff, cfg.init_std
     self.dtype = cfg.jnp_dtype
+    self.activation = cfg.activation
     self.w_gate_df = _param(rngs, cfg, (d, f), ("embed", "mlp"), std)
     self.w_up_df = _param(rngs, cfg, (d, f), ("embed", "mlp"), std)
     self.w_down_fd = _param(rngs, cfg, (f, d), ("mlp", "embed"), std)
@@ -114,20 +216,35 @@ class MLP(nnx.Module):
     x = x_btd.astype(dt)
     gate = jnp.einsum("btd,df->btf", x, self.w_gate_df[...].astype(dt))
     up = jnp.einsum("btd,df->btf", x, self.w_up_df[...].astype(dt))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down_fd[...].astype(dt))
+    act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+    return jnp.einsum("btf,fd->btd", act * up, self.w_down_fd[...].astype(dt))
 
 
 class Block(nnx.Module):
-  """Pre-norm decoder block: x + attn(norm(x)); x + mlp(norm(x))."""
+  """Pre-norm decoder block: x + attn(norm(x)); x + mlp(norm(x)).
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  With ``cfg.post_norms`` (Gemma 2/3) the attention and MLP outputs pass through their
+  own norm before the residual add.
+  """
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
     self.attn_norm = RMSNorm(cfg, rngs)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, layer)
     self.mlp_norm = RMSNorm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
+    self.post_norms = cfg.post_norms
+    if cfg.post_norms:
+      self.post_attn_norm = RMSNorm(cfg, rngs)
+      self.post_mlp_norm = RMSNorm(cfg, rngs)
 
-  def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None):
-    h, cache = self.attn(self.attn_norm(x_btd), positions_bt, mask_bts, cache, cache_index)
+  def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None,
+               key_positions_bs=None):
+    h, cache = self.attn(self.attn_norm(x_btd), positions_bt, mask_bts, cache, cache_index,
+                         key_positions_bs)
+    if self.post_norms:
+      h = self.post_attn_norm(h)
     x_btd = x_btd + h
-    x_btd = x_btd + self.mlp(self.mlp_norm(x_btd))
-    return x_btd, cache
+    h = self.mlp(self.mlp_norm(x_btd))
+    if self.post_norms:
+      h = self.post_mlp_norm(h)
+    return x_btd + h, cache

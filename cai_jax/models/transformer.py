@@ -34,7 +34,7 @@ def default_positions(segment_ids_bt: jax.Array | None, b: int, t: int) -> jax.A
 
 
 class Transformer(nnx.Module):
-  """Llama-family decoder: embed -> blocks -> final norm -> (LM head).
+  """Llama-family decoder: embed (scaled for Gemma) -> blocks -> final norm -> (LM head).
 
   Args:
     cfg: the model configuration.
@@ -47,7 +47,7 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     self.embed_vd = _param(rngs, cfg, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
                            cfg.init_std)
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.layers = nnx.List([Block(cfg, rngs, i) for i in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg, rngs)
     lm_head = None
     if with_lm_head and not cfg.tie_embeddings:
@@ -56,7 +56,7 @@ class Transformer(nnx.Module):
     self.lm_head_dv = nnx.data(lm_head)
 
   def hidden(self, tokens_bt, *, positions_bt=None, segment_ids_bt=None, mask_bts=None,
-             cache=None, cache_index=None):
+             cache=None, cache_index=None, key_positions_bs=None):
     """Final-norm hidden states.
 
     Args:
@@ -66,6 +66,8 @@ class Transformer(nnx.Module):
       mask_bts: [b, t, s] bool attention mask; default causal (and per segment).
       cache: optional list (one per layer) of ``{"k", "v"}`` [b, S, m, k] arrays.
       cache_index: int32 scalar slot where the new tokens' keys are written.
+      key_positions_bs: [b, S] int32 position of every cache slot after the write; needed
+        with a cache when the model has sliding-window layers.
 
     Returns:
       (hidden [b, t, d] in the compute dtype, updated cache or None).
@@ -75,11 +77,14 @@ class Transformer(nnx.Module):
       positions_bt = default_positions(segment_ids_bt, b, t)
     if mask_bts is None:
       mask_bts = causal_mask(segment_ids_bt, b, t)
-    x = jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(self.cfg.jnp_dtype)
+    x = jnp.take(self.embed_vd[...], tokens_bt, axis=0)
+    if self.cfg.embed_scale:
+      x = x * jnp.asarray(self.cfg.d_model ** 0.5, x.dtype)
+    x = x.astype(self.cfg.jnp_dtype)
     new_cache = [] if cache is not None else None
     for i, layer in enumerate(self.layers):
       x, layer_cache = layer(x, positions_bt, mask_bts,
-                             None if cache is None else cache[i], cache_index)
+                             None if cache is None else cache[i], cache_index, key_positions_bs)
       if cache is not None:
         new_cache.append(layer_cache)
     return self.final_norm(x), new_cache
@@ -89,9 +94,12 @@ class Transformer(nnx.Module):
     h = hidden_btd.astype(self.cfg.jnp_dtype)
     if self.lm_head_dv is None:
       w = self.embed_vd[...].astype(h.dtype)
-      return jnp.einsum("btd,vd->btv", h, w, preferred_element_type=jnp.float32)
-    w = self.lm_head_dv[...].astype(h.dtype)
-    return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+      out = jnp.einsum("btd,vd->btv", h, w, preferred_element_type=jnp.float32)
+    else:
+      w = self.lm_head_dv[...].astype(h.dtype)
+      out = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+    cap = self.cfg.final_softcap
+    return out if cap is None else jnp.tanh(out / cap) * cap
 
   def __call__(self, tokens_bt, **kwargs) -> jax.Array:
     """Full forward: [b, t] tokens -> [b, t, v] float32 logits."""

@@ -8,7 +8,9 @@ recorded separately:
 
 * ``valid_bs`` says which slots hold a real token of the row (prompt padding,
   continuation padding and post-stop filler are invalid and masked out);
-* ``pos_b`` is the row's next RoPE position, independent of the slot.
+* ``pos_b`` is the row's next RoPE position, independent of the slot;
+* ``kpos_bs`` is the position of the token in each slot, so sliding-window layers mask
+  keys by their distance in positions, not in slots.
 
 So ragged prompts, rows that stop at different steps and ragged continuations
 all share one cache without moving data: a hole in a row is just a masked slot,
@@ -40,6 +42,7 @@ class DecodeState(NamedTuple):
     cache: per layer ``{"k", "v"}`` [b, S, m, k].
     valid_bs: [b, S] bool, True where the slot holds a real token of the row.
     pos_b: [b] int32, the row's next position (number of tokens in the cache).
+    kpos_bs: [b, S] int32, the position of the token in each slot (meaningful where valid).
     slot: int32 scalar, the next free slot (shared by all rows).
     pending_b: [b] int32, last sampled token, not yet in the cache.
     pending_ok_b: [b] bool, whether ``pending_b`` is part of the sequence.
@@ -49,6 +52,7 @@ class DecodeState(NamedTuple):
   cache: KVCache
   valid_bs: jax.Array
   pos_b: jax.Array
+  kpos_bs: jax.Array
   slot: jax.Array
   pending_b: jax.Array
   pending_ok_b: jax.Array
@@ -65,6 +69,7 @@ def constrain_state(state: DecodeState) -> DecodeState:
   return state._replace(
       cache=constrain_cache(state.cache),
       valid_bs=constrain(state.valid_bs, ("batch", "length")),
+      kpos_bs=constrain(state.kpos_bs, ("batch", "length")),
       pos_b=constrain(state.pos_b, ("batch",)),
       pending_b=constrain(state.pending_b, ("batch",)),
       pending_ok_b=constrain(state.pending_ok_b, ("batch",)),
@@ -92,7 +97,7 @@ def fork(state: DecodeState, n: int) -> DecodeState:
   rep = lambda x: jnp.repeat(x, n, axis=0)
   return constrain_state(state._replace(
       cache=jax.tree.map(rep, state.cache), valid_bs=rep(state.valid_bs),
-      pos_b=rep(state.pos_b), pending_b=rep(state.pending_b),
+      pos_b=rep(state.pos_b), kpos_bs=rep(state.kpos_bs), pending_b=rep(state.pending_b),
       pending_ok_b=rep(state.pending_ok_b), live_b=rep(state.live_b)))
 
 

@@ -59,12 +59,14 @@ def prefill(graphdef: nnx.GraphDef, params, tokens_bt: jax.Array, lengths_b: jax
   mask = causal & real[:, None, :]
   cache0 = cache_lib.empty_cache(cfg, b, p, cfg.jnp_dtype)
   hidden, kv = model.hidden(tokens_bt, positions_bt=positions, mask_bts=mask, cache=cache0,
-                            cache_index=0)
+                            cache_index=0, key_positions_bs=positions)
   logits = _last_logits(model, hidden)
   state = DecodeState(
       cache=cache_lib.pad_cache(kv, cache_len),
       valid_bs=jnp.pad(real, ((0, 0), (0, cache_len - p))),
-      pos_b=lengths_b.astype(jnp.int32), slot=jnp.asarray(p, jnp.int32),
+      pos_b=lengths_b.astype(jnp.int32),
+      kpos_bs=jnp.pad(positions.astype(jnp.int32), ((0, 0), (0, cache_len - p))),
+      slot=jnp.asarray(p, jnp.int32),
       pending_b=jnp.zeros((b,), jnp.int32), pending_ok_b=jnp.zeros((b,), bool),
       live_b=lengths_b > 0)
   state = cache_lib.fork(cache_lib.constrain_state(state), num_samples)
@@ -100,10 +102,12 @@ def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Arr
   n_new = lengths_b + pend.astype(jnp.int32)
   real, positions = cache_lib.chunk_layout(n_new, t, state.pos_b)
   mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
+  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, positions.astype(jnp.int32),
+                                      (0, state.slot))
   hidden, kv = model.hidden(tokens, positions_bt=positions, mask_bts=mask, cache=state.cache,
-                            cache_index=state.slot)
+                            cache_index=state.slot, key_positions_bs=kpos)
   valid = jax.lax.dynamic_update_slice(state.valid_bs, real, (0, state.slot))
-  state = state._replace(cache=kv, valid_bs=valid, pos_b=state.pos_b + n_new,
+  state = state._replace(cache=kv, valid_bs=valid, kpos_bs=kpos, pos_b=state.pos_b + n_new,
                          slot=state.slot + t, pending_ok_b=jnp.zeros_like(pend))
   return cache_lib.constrain_state(state), _last_logits(model, hidden)
 
@@ -114,7 +118,8 @@ def grow(state: DecodeState, *, cache_len: int) -> DecodeState:
   extra = cache_len - state.valid_bs.shape[1]
   return cache_lib.constrain_state(state._replace(
       cache=cache_lib.pad_cache(state.cache, cache_len),
-      valid_bs=jnp.pad(state.valid_bs, ((0, 0), (0, extra)))))
+      valid_bs=jnp.pad(state.valid_bs, ((0, 0), (0, extra))),
+      kpos_bs=jnp.pad(state.kpos_bs, ((0, 0), (0, extra)))))
 
 
 class DecodeOutput(NamedTuple):
@@ -139,10 +144,11 @@ def _feed(model, state: DecodeState) -> tuple[DecodeState, jax.Array]:
   """One decode step: writes every row's pending token at ``slot`` -> logits [b, v]."""
   valid = jax.lax.dynamic_update_slice(state.valid_bs, state.pending_ok_b[:, None],
                                        (0, state.slot))
+  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, state.pos_b[:, None], (0, state.slot))
   hidden, kv = model.hidden(state.pending_b[:, None], positions_bt=state.pos_b[:, None],
                             mask_bts=valid[:, None, :], cache=state.cache,
-                            cache_index=state.slot)
-  state = state._replace(cache=kv, valid_bs=valid,
+                            cache_index=state.slot, key_positions_bs=kpos)
+  state = state._replace(cache=kv, valid_bs=valid, kpos_bs=kpos,
                          pos_b=state.pos_b + state.pending_ok_b.astype(jnp.int32),
                          slot=state.slot + 1, pending_ok_b=jnp.zeros_like(state.pending_ok_b))
   return cache_lib.constrain_state(state), _last_logits(model, hidden)

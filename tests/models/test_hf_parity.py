@@ -248,14 +248,12 @@ def test_checkpoint_key_errors(base_ckpt, tmp_path, change, match):
 
 
 @pytest.mark.parametrize("edit,match", [
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-     "rope_type='llama3'"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling.*'linear'"),
+    ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_scaling.*'yarn'"),
     ({"attention_bias": True}, "attention_bias"),
     ({"mlp_bias": True}, "mlp_bias"),
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"model_type": "gpt2"}, "model_type"),
-    ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window"),
+    ({"model_type": "mistral", "layer_types": ["full_attention"] * 2}, "layer_types"),
 ])
 def test_unsupported_config_errors(base_ckpt, tmp_path, edit, match):
   path = _copy(base_ckpt, tmp_path)
