@@ -20,6 +20,8 @@ setuptools.setup(
         "grain==0.2.18",
         "gin-config==0.5.0",
         "sentencepiece==0.2.3",
+        "tokenizers>=0.23,<0.24",
+        "jinja2>=3.1",
         "safetensors>=0.8,<0.9",
         "absl-py>=2.1",
         "tqdm>=4.66",

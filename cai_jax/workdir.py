@@ -12,6 +12,7 @@ import os
 from typing import Any, Iterable
 
 DONE_FILE = "DONE"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _log = logging.getLogger(__name__)
 
@@ -62,3 +63,15 @@ def read_json(path: str) -> Any:
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def resolve_input(path: str) -> str:
+  """An input file or folder: ``~`` expanded; a relative path is looked up from the cwd,
+  then from the repository root (so ``'prompts/red_team.jsonl'`` works from a pipeline's
+  experiment folder). A path found nowhere is returned absolute, for its reader to
+  report."""
+  path = os.path.expanduser(os.fspath(path))
+  if os.path.exists(path) or os.path.isabs(path):
+    return os.path.abspath(path)
+  candidate = os.path.join(REPO_ROOT, path)
+  return candidate if os.path.exists(candidate) else os.path.abspath(path)

@@ -6,11 +6,19 @@ and ``params/`` (an Orbax checkpoint of the parameter tree). ``SavedModel.open(p
 is the typed handle every program takes: its config, kind, tokenizer and lineage (in
 ``info``: ``program``, ``init_from``, ``reference``, ...) without loading arrays, and
 ``load`` restores the parameters straight into their shardings.
+
+A Hugging Face model folder (``config.json`` + ``*.safetensors``, any family of
+``models.hf_config``) opens the same way: an LM whose tokenizer is the folder itself
+when it holds ``tokenizer.json``; ``load`` reads the safetensors straight into their
+shardings (``from_hf``). ``save_model(..., hf_dir=...)`` and ``SavedModel.export_hf``
+write a language model back as a Hugging Face folder (weights, config, tokenizer files).
 """
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -20,10 +28,19 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.tokenizer import Tokenizer
-from cai_jax.models import api
+from cai_jax.models import api, hf
 from cai_jax.models.config import ModelConfig
 
 MODEL_JSON = "model.json"
+HF_FORMAT = "huggingface"
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                       "generation_config.json", "special_tokens_map.json")
+
+
+def is_hf_folder(path: str) -> bool:
+  """True if ``path`` looks like a Hugging Face model folder (config + safetensors)."""
+  return (os.path.isfile(os.path.join(path, "config.json")) and
+          bool(glob.glob(os.path.join(path, "*.safetensors"))))
 
 
 def save_model(path: str, params: Any, cfg: ModelConfig, *, kind: api.Kind = "lm",
@@ -41,6 +58,31 @@ def save_model(path: str, params: Any, cfg: ModelConfig, *, kind: api.Kind = "lm
     workdir_lib.write_json(os.path.join(path, MODEL_JSON),
                            {"config": cfg.to_dict(), "kind": kind, "info": info or {}})
   return path
+
+
+def export_hf(params: Any, cfg: ModelConfig, out: str, *, tokenizer_path: str | None = None,
+              dtype: Any = None) -> str:
+  """Writes an LM's ``params`` as a Hugging Face folder ``out`` (``models.to_hf``).
+
+  The tokenizer goes along: a Hugging Face tokenizer folder's files are copied; a
+  sentencepiece model is copied as ``tokenizer.model``. ``config.json`` records the
+  tokenizer's bos / eos / pad ids. Returns ``out``.
+  """
+  extra = {}
+  if tokenizer_path:
+    tok = Tokenizer.load(tokenizer_path)
+    extra = {"bos_token_id": tok.bos_id, "eos_token_id": list(tok.stop_ids),
+             "pad_token_id": tok.pad_id}
+  model = api.merge(api.abstract(cfg)[0], params)
+  hf.to_hf(model, out, dtype=dtype, extra_config=extra)
+  if tokenizer_path and jax.process_index() == 0:
+    if os.path.isdir(tokenizer_path):
+      for name in _HF_TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(tokenizer_path, name)):
+          shutil.copy(os.path.join(tokenizer_path, name), os.path.join(out, name))
+    else:
+      shutil.copy(tokenizer_path, os.path.join(out, "tokenizer.model"))
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,23 +103,35 @@ class SavedModel:
 
   @staticmethod
   def exists(path: str) -> bool:
-    """True if ``path`` holds a complete saved model."""
-    return os.path.isfile(os.path.join(path, MODEL_JSON))
+    """True if ``path`` holds a complete saved model (ours or a Hugging Face folder)."""
+    return os.path.isfile(os.path.join(path, MODEL_JSON)) or is_hf_folder(path)
+
+  @property
+  def is_hf(self) -> bool:
+    """True for a Hugging Face folder (read with ``from_hf``)."""
+    return self.info.get("format") == HF_FORMAT
 
   @classmethod
   def open(cls, path: str, *, role: str = "model") -> SavedModel:
     """Reads a saved model's ``model.json`` (no arrays).
 
     Args:
-      path: the folder.
+      path: the folder (``~`` is expanded).
       role: what the caller uses it for (``"reward model"``), named in errors.
 
     Raises:
       FileNotFoundError: ``path`` is not a saved model folder.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.isfile(os.path.join(path, MODEL_JSON)) and is_hf_folder(path):
+      has_tok = os.path.isfile(os.path.join(path, "tokenizer.json"))
+      return cls(path, hf.read_hf_config(path), "lm",
+                 {"format": HF_FORMAT, "program": HF_FORMAT,
+                  "tokenizer_path": path if has_tok else None})
     if not cls.exists(path):
-      raise FileNotFoundError(f"{role} {path} is not a saved model folder (no {MODEL_JSON})")
+      raise FileNotFoundError(f"{role} {path} is neither a saved model folder (no "
+                              f"{MODEL_JSON}) nor a Hugging Face model folder (config.json "
+                              "+ *.safetensors)")
     meta = workdir_lib.read_json(os.path.join(path, MODEL_JSON))
     return cls(path, ModelConfig.from_dict(meta["config"]), meta["kind"],
                dict(meta.get("info", {})))
@@ -123,6 +177,16 @@ class SavedModel:
     kind = kind or self.kind
     if kind != self.kind and (self.kind, kind) != ("lm", "scalar"):
       raise ValueError(f"cannot load the saved {self.kind!r} model {self.path} as {kind!r}")
+    if self.is_hf:
+      model = hf.from_hf(self.path, cfg.jnp_param_dtype, mesh=mesh)
+      if cfg != model.cfg:
+        model = api.merge(api.abstract(cfg)[0], api.split(model)[1])
+      graphdef, params = api.split(model)
+      if kind == "lm":
+        return graphdef, params
+      graphdef, fresh = api.init(cfg, "scalar", mesh=mesh)
+      fresh["backbone"] = {k: v for k, v in params.items() if k != "lm_head_dv"}
+      return graphdef, fresh
     graphdef, shapes, _ = api.abstract(cfg, self.kind)
     if mesh is None:
       dev = SingleDeviceSharding(jax.devices()[0])
@@ -139,8 +203,17 @@ class SavedModel:
     fresh["backbone"] = {k: v for k, v in params.items() if k != "lm_head_dv"}
     return graphdef, fresh
 
+  def export_hf(self, out: str, *, dtype: Any = None) -> str:
+    """Writes this LM (and its tokenizer) as a Hugging Face folder ``out``."""
+    self.require_kind("lm", "export_hf")
+    _, params = self.load()
+    return export_hf(params, self.config, out, tokenizer_path=self.info.get("tokenizer_path"),
+                     dtype=dtype)
+
   def update_info(self, info: Mapping[str, Any]) -> SavedModel:
     """Adds entries to ``info`` on disk; returns the updated handle."""
+    if self.is_hf:
+      raise ValueError(f"{self.path} is a Hugging Face folder; its info is not writable")
     meta = workdir_lib.read_json(os.path.join(self.path, MODEL_JSON))
     meta["info"].update(info)
     workdir_lib.write_json(os.path.join(self.path, MODEL_JSON), meta)

@@ -4,6 +4,8 @@
   fine-tuning mix), ``sft`` (supervised fine-tuning; also base-model pretraining).
 * ``rl_cai``: ``label_preferences`` (AI-feedback labels), ``preference_model``, ``ppo``,
   ``dpo``.
+* ``evaluate``: ``judge_eval`` (the feedback model's verdicts on any models' answers, the
+  SL-CAI revision win rate; for real models, where there is no oracle).
 
 Programs wire the library layers (models, data, sampling, losses, train, rl); no program
 module imports another. ``cai_jax.gin_setup.register`` imports them all.

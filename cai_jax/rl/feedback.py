@@ -2,8 +2,15 @@
 log-probabilities of its option tokens (Bai et al. 2022, Sec. 4.1).
 
 ``FeedbackModel.p_option_a(prompts)`` gives P("(A)") = softmax over the log-probs of the
-tokens "(A)" and "(B)" at the answer slot of each ``constitution.comparison_prompt``
-(``sampling.candidate_logprobs``: only the answer position goes through the LM head).
+options "(A)" and "(B)" at the answer slot of each ``constitution.comparison_prompt``.
+An option is scored by the log-probability of its whole token sequence as it continues
+the prompt (real BPE vocabularies split "(A)" into "(", "A", ")"): the tokens are the
+difference between the prompt's encoding and the encoding of the prompt with " (A)"
+appended, so they are exactly what the model would write there. When every option is
+one token (the toy world's sentencepiece vocabulary) the fast path scores them as
+candidate next tokens (``sampling.candidate_logprobs``: only the answer position goes
+through the LM head); otherwise each prompt is prefilled once and both options continue
+its cache (``sampling.option_logprobs``). The feedback model may have its own tokenizer.
 With ``chain_of_thought`` the model first writes its reasoning after "Let's think
 step-by-step:" and is scored after "Therefore the answer is:" (``cot_answer_prompt``).
 Used by the labeling program and by the toy world's judge-skill evaluation alike.
@@ -17,7 +24,26 @@ import numpy as np
 from cai_jax import constitution as cc
 from cai_jax import judge
 from cai_jax.data.tokenizer import Tokenizer
-from cai_jax.sampling import Sampler, call_seed, candidate_logprobs
+from cai_jax.sampling import Sampler, call_seed, candidate_logprobs, option_logprobs
+
+
+def option_tokens(prompt: cc.Prompt, tokenizer: Tokenizer, option: str
+                  ) -> tuple[list[int], list[int]]:
+  """(prompt ids, the ids of `` option`` as they continue the prompt).
+
+  Raises:
+    ValueError: if appending the option changes the prompt's own tokens (the option
+      would not be a continuation of what the model saw).
+  """
+  ids = prompt.token_ids(tokenizer)
+  prefix = f"{prompt.prefix} {option}" if prompt.prefix else option
+  full = cc.Prompt(prompt.turns, prompt.open_role, prefix,
+                   prompt.num_exemplar_turns).token_ids(tokenizer)
+  if full[:len(ids)] != ids or len(full) == len(ids):
+    raise ValueError(f"appending {option!r} re-tokenizes the end of the judge prompt "
+                     f"({ids[-3:]} -> {full[len(ids) - 3:]}); the option cannot be scored "
+                     "as its continuation")
+  return ids, full[len(ids):]
 
 
 class FeedbackModel:
@@ -25,7 +51,7 @@ class FeedbackModel:
 
   Args:
     sampler: the feedback model.
-    tokenizer: its tokenizer; the option labels must be single tokens.
+    tokenizer: its tokenizer (options of several tokens are scored as sequences).
     batch_size: comparison prompts per forward (and per reasoning batch).
     chain_of_thought: write a reasoning before the answer slot.
     cot_max_new_tokens, cot_temperature: sampling of the reasoning.
@@ -37,9 +63,7 @@ class FeedbackModel:
     self.sampler, self.tokenizer, self.batch_size = sampler, tokenizer, batch_size
     self.chain_of_thought = chain_of_thought
     self._cot_kw = dict(max_new_tokens=cot_max_new_tokens, temperature=cot_temperature,
-                        stop_tokens=[tokenizer.eos_id])
-    self.option_ids = (tokenizer.single_token_id(cc.OPTION_A),
-                       tokenizer.single_token_id(cc.OPTION_B))
+                        stop_tokens=tokenizer.stop_ids)
 
   def reasoning(self, prompts: Sequence[cc.Prompt], seed: int) -> list[str]:
     """The chain of thought written after each (CoT) comparison prompt."""
@@ -51,12 +75,20 @@ class FeedbackModel:
     return out
 
   def option_logprobs(self, prompts: Sequence[cc.Prompt]) -> np.ndarray:
-    """[n, 2] log-probs of "(A)" and "(B)" right after each prompt."""
+    """[n, 2] log-probs of the "(A)" and "(B)" token sequences right after each prompt."""
     lp = []
     for i in range(0, len(prompts), self.batch_size):
-      seqs = [p.token_ids(self.tokenizer) for p in prompts[i:i + self.batch_size]]
-      lp.append(candidate_logprobs(self.sampler, seqs, list(self.option_ids)))
+      lp.append(self._score([[option_tokens(p, self.tokenizer, o) for o in cc.OPTIONS]
+                             for p in prompts[i:i + self.batch_size]]))
     return np.concatenate(lp) if lp else np.zeros((0, 2), np.float32)
+
+  def _score(self, rows: list[list[tuple[list[int], list[int]]]]) -> np.ndarray:
+    """[n, 2] log-probs of each row's two (prompt, option ids) continuations."""
+    if all(len(opt) == 1 for row in rows for _, opt in row):   # fast path: next tokens
+      return candidate_logprobs(self.sampler, [row[0][0] for row in rows],
+                                [[opt[0] for _, opt in row] for row in rows])
+    return option_logprobs(self.sampler, [row[0][0] for row in rows],
+                           [[opt for _, opt in row] for row in rows])
 
   def p_option_a(self, prompts: Sequence[cc.Prompt], seed: int = 0
                  ) -> tuple[np.ndarray, list[str]]:

@@ -247,11 +247,11 @@ class PPOLearner:
     t0 = time.perf_counter()
     out = self.sampler(params).generate(
         prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_p=cfg.top_p, stop_tokens=[tok.eos_id], seed=call_seed(cfg.seed, "rollout",
+        top_p=cfg.top_p, stop_tokens=tok.stop_ids, seed=call_seed(cfg.seed, "rollout",
                                                                    iteration))
     t_gen = time.perf_counter() - t0
     answers = [tok.decode_generated(t) for t in out.tokens]
-    truncated = np.array([tok.eos_id not in t for t in out.tokens])
+    truncated = np.array([not set(tok.stop_ids) & set(t) for t in out.tokens])
     batch = rollout_arrays(prompt_ids, out.tokens, length, cfg.rollout_batch, tok.pad_id)
     batch.update(self.reward.arrays(requests, answers, cfg.rollout_batch))
     dev = self._put_rollout(batch)

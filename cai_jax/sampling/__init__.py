@@ -7,6 +7,7 @@ Public API:
   Sampler(graphdef, params, mesh=None): the same on a split model, plus
     start / extend / decode for finer control.
   candidate_logprobs(model, sequences, candidates, ...): judge option log-probs.
+  option_logprobs(model, prompts, options, ...): k short options per prompt, one prefill.
   sequence_logprobs(model, prompts, continuations, ...): summed continuation log-probs.
   generate_texts(sampler, tokenizer, prompts, ...): continuations decoded to text.
   call_seed(*parts): a seed as a pure function of names.
@@ -19,7 +20,9 @@ from cai_jax.sampling.select import Mode
 
 __all__ = ["Conversation", "DecodeState", "Mode", "SampleOutput", "Sampler",
            "call_seed", "continue_generation", "generate"]
-from cai_jax.sampling.scoring import SequenceScores, candidate_logprobs, sequence_logprobs
+from cai_jax.sampling.scoring import (SequenceScores, candidate_logprobs, option_logprobs,
+                                     sequence_logprobs)
 from cai_jax.sampling.text import generate_texts
 
-__all__ += ["SequenceScores", "candidate_logprobs", "generate_texts", "sequence_logprobs"]
+__all__ += ["SequenceScores", "candidate_logprobs", "generate_texts", "option_logprobs",
+            "sequence_logprobs"]

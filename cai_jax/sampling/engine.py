@@ -112,6 +112,29 @@ def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Arr
   return cache_lib.constrain_state(state), _last_logits(model, hidden)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def extend_logprobs(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Array,
+                    lengths_b: jax.Array) -> jax.Array:
+  """Appends a left-padded chunk (as ``extend``, no pending token) and scores it.
+
+  Returns:
+    [b, T] float32: column j holds log p(token j + 1 | everything up to token j) for
+    the chunk's real tokens (0 elsewhere, and at the last column).
+  """
+  model = nnx.merge(graphdef, params)
+  b, t = extra_bt.shape
+  real, positions = cache_lib.chunk_layout(lengths_b, t, state.pos_b)
+  mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
+  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, positions.astype(jnp.int32),
+                                      (0, state.slot))
+  hidden, _ = model.hidden(extra_bt, positions_bt=positions, mask_bts=mask, cache=state.cache,
+                           cache_index=state.slot, key_positions_bs=kpos)
+  logp = jax.nn.log_softmax(model.logits(hidden[:, :-1]), axis=-1)       # [b, t-1, v]
+  picked = jnp.take_along_axis(logp, extra_bt[:, 1:, None], axis=-1)[..., 0]
+  picked = jnp.where(real[:, :-1] & real[:, 1:], picked, 0.0)
+  return jnp.pad(picked, ((0, 0), (0, 1)))
+
+
 @functools.partial(jax.jit, static_argnames=("cache_len",))
 def grow(state: DecodeState, *, cache_len: int) -> DecodeState:
   """Copies a state into a longer cache (``cache_len`` >= its length) with free slots."""

@@ -4,6 +4,9 @@
   of candidate tokens (e.g. the ids of "A" and "B") as the next token after a
   given position. Only the hidden state at that position goes through the LM head:
   [b, v] logits, never [b, t, v].
+* ``option_logprobs``: log p(option | prompt) summed over each option's tokens, for k
+  short options per prompt (a judge's "(A)" / "(B)" on a BPE vocabulary): the prompt is
+  prefilled once and its cache forked k ways, so the options cost only their own tokens.
 * ``sequence_logprobs``: sum (and per-token values) of log p(continuation |
   prompt) for DPO / PPO reference scores. The LM head runs only over the
   continuation span, in chunks of positions, so the full [b, t, v] logits tensor
@@ -22,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cai_jax.sampling import buckets
+from cai_jax.sampling import buckets, engine
 from cai_jax.sampling import cache as cache_lib
 from cai_jax.sampling.sampler import Sampler
 
@@ -109,6 +112,41 @@ def candidate_logprobs(model, sequences: Sequence[Sequence[int]], candidates, *,
                s._put(lengths, ("batch",)), s._put(index, ("batch",)),
                s._put(cand_pad, ("batch", None)))
   return np.asarray(jax.device_get(out))[:n]
+
+
+def option_logprobs(model, prompts: Sequence[Sequence[int]],
+                    options: Sequence[Sequence[Sequence[int]]], *, mesh=None) -> np.ndarray:
+  """log p(option | prompt), summed over the option's tokens, for k options per prompt.
+
+  Args:
+    model: an NNX Transformer or a ``Sampler``.
+    prompts: n ragged non-empty token-id lists.
+    options: per prompt, k non-empty token-id lists (the same k for every prompt).
+    mesh: optional mesh (ignored when a Sampler is given).
+
+  Returns:
+    [n, k] float32.
+  """
+  s = _sampler(model, mesh)
+  k = len(options[0]) if options else 0
+  if len(options) != len(prompts) or any(len(o) != k for o in options) or k == 0:
+    raise ValueError("options must give the same number (>= 1) of options for each prompt")
+  if any(len(o) == 0 for row in options for o in row):
+    raise ValueError("every option must have at least one token")
+  conv, logits = s.start(prompts, num_samples=k)
+  flat = [list(o) for row in options for o in row]
+  first = np.zeros((conv.batch,), np.int32)
+  first[:len(flat)] = [o[0] for o in flat]
+  lp_first = np.asarray(jax.device_get(jnp.take_along_axis(
+      jax.nn.log_softmax(logits, axis=-1), s._put(first, ("batch",))[:, None], axis=1)))[:, 0]
+  t = buckets.length_bucket(max(len(o) for o in flat))
+  conv = s._ensure_room(conv, t)  # pylint: disable=protected-access
+  tokens, lengths = buckets.left_pad(flat, t, conv.batch)
+  conv.consumed = True
+  rest = s._run(engine.extend_logprobs, s.graphdef, s.params, conv.state,
+                s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)))
+  total = lp_first[:len(flat)] + np.asarray(jax.device_get(rest)).sum(axis=1)[:len(flat)]
+  return total.reshape(len(prompts), k).astype(np.float32)
 
 
 @dataclasses.dataclass

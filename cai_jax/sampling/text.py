@@ -13,7 +13,7 @@ def generate_texts(sampler: Sampler, tokenizer: Any, prompts: Sequence[Sequence[
 
   Args:
     sampler: the model.
-    tokenizer: a ``cai_jax.data.tokenizer.Tokenizer``; its eos ends a turn.
+    tokenizer: a ``cai_jax.data.tokenizer.Tokenizer``; its ``stop_ids`` end a turn.
     prompts: ragged token-id lists.
     batch_size, max_new_tokens: per call.
     **kw: more ``Sampler.generate`` arguments (default: greedy, seed 0).
@@ -21,6 +21,6 @@ def generate_texts(sampler: Sampler, tokenizer: Any, prompts: Sequence[Sequence[
   out = []
   for i in range(0, len(prompts), batch_size):
     res = sampler.generate(prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
-                           stop_tokens=(tokenizer.eos_id,), **kw)
+                           stop_tokens=tokenizer.stop_ids, **kw)
     out += [tokenizer.decode_generated(t) for t in res.tokens]
   return out

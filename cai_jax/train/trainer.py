@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from cai_jax import models
 from cai_jax import workdir as workdir_lib
 from cai_jax.models.api import Kind
-from cai_jax.models.store import SavedModel, save_model
+from cai_jax.models.store import SavedModel, export_hf, save_model
 from cai_jax.sharding import batch_putter
 from cai_jax.train import state as state_lib
 from cai_jax.train.checkpoint import Checkpointer
@@ -33,6 +33,7 @@ from cai_jax.train.metrics import MetricsWriter
 _log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
+HF_DIR = "hf"
 
 
 def model_dir(workdir: str) -> str:
@@ -118,7 +119,7 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
         schedule: Schedule, optimizer: Callable, info: Mapping[str, Any],
         prepare: Callable[[dict], dict] | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
-        eval_every: int = 0) -> str:
+        eval_every: int = 0, hf_export: bool = False) -> str:
   """Trains ``init``'s model on ``batches``; returns the saved model folder.
 
   Args:
@@ -136,7 +137,11 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
     evaluate: ``evaluate(params) -> metrics`` run every ``eval_every`` steps (0: only at
       the end) and at the end; logged at that step.
     eval_every: see ``evaluate``.
+    hf_export: also write the trained LM as a Hugging Face folder ``{workdir}/hf``.
   """
+  if hf_export and init.kind != "lm":
+    raise ValueError(f"{program}: hf_export writes a causal LM; a {init.kind!r} model has "
+                     "no Hugging Face export")
   put = batch_putter(mesh, schedule.batch_size)   # checks the batch size first
   put_batch = put if prepare is None else (lambda b: prepare(put(b)))
   graphdef, abstract_params, _ = models.abstract(init.config, init.kind)
@@ -173,5 +178,8 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
   out = save_model(model_dir(workdir), state.params, init.config, kind=init.kind, info={
       "program": program, "init_from": init.source, "num_steps": schedule.num_steps,
       **info})
+  if hf_export:
+    export_hf(state.params, init.config, os.path.join(workdir, HF_DIR),
+              tokenizer_path=info.get("tokenizer_path"))
   workdir_lib.mark_done(workdir, f"step {schedule.num_steps}\n")
   return out

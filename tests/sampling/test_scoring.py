@@ -58,3 +58,18 @@ def test_scoring_on_mesh_matches(lm, n_devices):
   a = sampling.sequence_logprobs(lm, SEQS, conts, mesh=mesh).total
   b = sampling.sequence_logprobs(lm, SEQS, conts).total
   np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_option_logprobs_share_the_prompt_and_match_full_forward(lm):
+  """k options of different lengths per ragged prompt, one prefill each; brute force ref."""
+  prompts = random_prompts([5, 12, 1, 8], seed=21)
+  options = [random_prompts([1, 3, 2], seed=30 + i) for i in range(len(prompts))]
+  got = sampling.option_logprobs(lm, prompts, options)
+  assert got.shape == (4, 3)
+  for i, (p, opts) in enumerate(zip(prompts, options)):
+    refs = full_logprobs(lm, [p + o for o in opts])
+    for j, (o, ref) in enumerate(zip(opts, refs)):
+      want = sum(ref[len(p) - 1 + m, t] for m, t in enumerate(o))
+      np.testing.assert_allclose(got[i, j], want, atol=1e-4)
+  with pytest.raises(ValueError, match="same number"):
+    sampling.option_logprobs(lm, prompts[:2], [options[0], options[1][:2]])

@@ -71,7 +71,8 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
         beta: float = 0.1, tokenizer_path: str | None = None, seq_len: int = 256,
         batch_size: int = 32, num_steps: int = 1000, seed: int = 0,
         optimizer: Callable = make_optimizer, mesh_shape: Sequence[int] = (-1, 1, 1),
-        ckpt_every: int = 200, log_every: int = 10, keep_checkpoints: int = 2) -> str:
+        ckpt_every: int = 200, log_every: int = 10, keep_checkpoints: int = 2,
+        hf_export: bool = False) -> str:
   """Trains a policy with DPO on labelled pairs; returns the saved LM folder.
 
   Args:
@@ -86,6 +87,7 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
     optimizer: ``optimizer(total_steps=...) -> (optax transform, schedule)``.
     mesh_shape: (data, fsdp, tensor) sizes; one may be -1.
     ckpt_every, log_every, keep_checkpoints: checkpoint and logging cadence.
+    hf_export: also write the trained model as a Hugging Face folder ``{workdir}/hf``.
   """
   if workdir_lib.skip_if_done(workdir, "dpo"):
     return trainer.model_dir(workdir)
@@ -113,4 +115,4 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
                                                  log_every, keep_checkpoints),
       optimizer=optimizer, prepare=reference_logps(graphdef, ref_params),
       info={"tokenizer_path": tok.path, "reference": policy.path,
-            "train_data": os.path.abspath(train_data), "beta": beta})
+            "train_data": os.path.abspath(train_data), "beta": beta}, hf_export=hf_export)

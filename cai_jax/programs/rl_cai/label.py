@@ -83,14 +83,14 @@ def _sample_answers(policy: Sampler, second: Sampler | None, tok: Tokenizer, ite
   """Two answers per prompt (rows 2k, 2k + 1) and, with a second policy, their sources."""
   prompts = [cc.initial_prompt(req).token_ids(tok) for _, _, req in items]
   out = policy.generate(prompts, num_samples=1 if second is not None else 2,
-                        seed=call_seed(seed, "answers"), stop_tokens=[tok.eos_id],
+                        seed=call_seed(seed, "answers"), stop_tokens=tok.stop_ids,
                         **sample_kw)
   if second is None:
     return out.tokens, [""] * len(out.tokens)
   # One answer from each model, the second model's first for a hashed half of the
   # prompts (so no model sits in one position).
   other = second.generate(prompts, seed=call_seed(seed, "answers2"),
-                          stop_tokens=[tok.eos_id], **sample_kw).tokens
+                          stop_tokens=tok.stop_ids, **sample_kw).tokens
   tokens, source = [], []
   for k, (index, _, _) in enumerate(items):
     flip = call_seed(principle_seed, "order", index) % 2 == 1
@@ -165,7 +165,8 @@ def _label_batch(policy: Sampler, second: Sampler | None, feedback: FeedbackMode
   for k, (index, pid, req) in enumerate(items):
     if k not in per:
       continue   # identical answers: no preference to learn
-    flags = [f"answer{i}:truncated" for i in (0, 1) if tok.eos_id not in tokens[2 * k + i]]
+    flags = [f"answer{i}:truncated" for i in (0, 1)
+             if not set(tok.stop_ids) & set(tokens[2 * k + i])]
     flags += [f"answer{i}:{source[2 * k + i]}" for i in (0, 1) if source[2 * k + i]]
     rows.append(_pair_row(index, pid, req, answers[2 * k], answers[2 * k + 1], per[k], flags,
                           swap_orders=swap_orders, clamp=clamp))
@@ -179,7 +180,8 @@ def _split_of(index: int, seed: int, eval_fraction: float) -> str:
 
 def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Constitution,
                      num_prompts: int, helpful_data: str | None, max_helpful: int | None,
-                     prompts_path: str, eval_fraction: float, timing: dict) -> str:
+                     prompts_path: str | Sequence[str], eval_fraction: float,
+                     timing: dict) -> str:
   """Gathers the shards, mixes in helpful pairs, splits, writes the record set and the
   diagnostics; returns the record set folder."""
   rows = shards.read_all()
@@ -212,7 +214,7 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
   provenance = {"program": "label_preferences", "constitution_hash": const.content_hash,
                 "constitution_name": const.name, "spec": spec, "summary": summary,
                 "gin_operative_config": gin.operative_config_str()}
-  sources = [os.path.abspath(prompts_path)] + ([os.path.abspath(helpful_data)]
+  sources = _prompt_files(prompts_path) + ([os.path.abspath(helpful_data)]
                                                if helpful_data else [])
   records_dir = os.path.join(workdir, "records")
   write_records(PREF_DATA, splits, pref_features(), records_dir, provenance=provenance,
@@ -251,23 +253,32 @@ def _label_shards(shards: Shards, todo: list[int], prompts: list, sampler: Sampl
   return True
 
 
+def _prompt_files(prompts_path: str | Sequence[str]) -> list[str]:
+  """One or several prompt files, resolved (cwd, then the repository)."""
+  paths = [prompts_path] if isinstance(prompts_path, str) else list(prompts_path)
+  return [workdir_lib.resolve_input(p) for p in paths]
+
+
 def _models(policy: SavedModel, feedback: SavedModel, second: SavedModel | None, tok,
             mesh_shape, *, batch_size: int, **cot_kw) -> tuple[Sampler, Sampler | None,
                                                                FeedbackModel]:
   """The policy's and second policy's samplers and the feedback model, on one mesh (a
-  feedback model that is the policy shares its parameters)."""
+  feedback model that is the policy shares its parameters and tokenizer; another one
+  reads the comparisons with its own tokenizer)."""
   mesh = build_mesh(mesh_shape)
   sampler = Sampler(*policy.load(mesh=mesh), mesh=mesh)
-  judge_sampler = sampler if feedback.path == policy.path else Sampler(
-      *feedback.load(mesh=mesh), mesh=mesh)
+  same = feedback.path == policy.path
+  judge_sampler = sampler if same else Sampler(*feedback.load(mesh=mesh), mesh=mesh)
+  judge_tok = tok if same else feedback.tokenizer()
   second_sampler = None if second is None else Sampler(*second.load(mesh=mesh), mesh=mesh)
-  return sampler, second_sampler, FeedbackModel(judge_sampler, tok, batch_size=batch_size,
-                                                **cot_kw)
+  return sampler, second_sampler, FeedbackModel(judge_sampler, judge_tok,
+                                                batch_size=batch_size, **cot_kw)
 
 
 @gin.configurable
 def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
-                      prompts_path: str = gin.REQUIRED, constitution_path: str = gin.REQUIRED,
+                      prompts_path: str | Sequence[str] = gin.REQUIRED,
+                      constitution_path: str = gin.REQUIRED,
                       feedback_model: str | None = None, second_policy_model: str | None = None,
                       tokenizer_path: str | None = None, num_principles: int = 1,
                       swap_orders: bool = True, chain_of_thought: bool = False,
@@ -284,9 +295,11 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
   Args:
     workdir: output folder (``shards/``, ``records/``, diagnostics, ``DONE``).
     policy_model: the model whose answers are compared (the SL-CAI model).
-    prompts_path: JSONL of prompts (``{"prompt": ...}`` or ``{"text": HH}``, opt. ``id``).
+    prompts_path: JSONL of prompts (``{"prompt": ...}`` or ``{"text": HH}``, opt. ``id``),
+      or several such files, pooled in order (e.g. red-team and helpfulness prompts).
     constitution_path: the constitution whose comparison principles are used.
-    feedback_model: the feedback (judge) model; default: ``policy_model``.
+    feedback_model: the feedback (judge) model; default: ``policy_model``. Another model
+      (e.g. a base model of another family) reads the comparisons with its own tokenizer.
     second_policy_model: if set, each pair is one answer of the policy and one of this
       model (e.g. the helpful-only base model, so pairs contrast harmful and harmless
       answers); ``flags`` record which answer came from where. Not in Bai et al. (both
@@ -319,7 +332,8 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
 
   # --- Inputs, models, the job's spec ---------------------------------------------------
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
-  prompts = read_prompts(prompts_path)[:max_prompts]
+  paths = _prompt_files(prompts_path)
+  prompts = [row for p in paths for row in read_prompts(p)][:max_prompts]
   policy = SavedModel.open(policy_model, role="label_preferences.policy_model")
   feedback = SavedModel.open(feedback_model or policy_model,
                              role="label_preferences.feedback_model")
@@ -327,7 +341,8 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
       second_policy_model, role="label_preferences.second_policy_model")
   tok = policy.tokenizer(tokenizer_path)
   spec = {"policy_model": policy.path, "feedback_model": feedback.path,
-          "prompts_sha256": sha256_file(prompts_path), "num_prompts": len(prompts),
+          "prompts_sha256": ",".join(sha256_file(p) for p in paths),
+          "num_prompts": len(prompts),
           "constitution_hash": const.content_hash, "num_principles": num_principles,
           "swap_orders": swap_orders, "chain_of_thought": chain_of_thought,
           "clamp": list(clamp) if clamp else None, "exemplars": exemplars,

@@ -41,7 +41,7 @@ from cai_jax import models
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_prompts
 from cai_jax.losses import kl as kl_lib
-from cai_jax.models.store import SavedModel, save_model
+from cai_jax.models.store import SavedModel, export_hf, save_model
 from cai_jax.rl import ppo as ppo_lib
 from cai_jax.rl.reward import RewardModel
 from cai_jax.sharding import build_mesh
@@ -131,11 +131,14 @@ def _probe(probe: Callable | None, learner: ppo_lib.PPOLearner, params, writer,
 
 
 def _save(workdir: str, params, policy: SavedModel, tok, rm: SavedModel,
-          num_iterations: int) -> None:
-  """Saves the final policy as an LM and marks the run complete."""
+          num_iterations: int, hf_export: bool) -> None:
+  """Saves the final policy as an LM (and a Hugging Face folder) and marks the run done."""
   save_model(trainer.model_dir(workdir), params, policy.config,
              info={"tokenizer_path": tok.path, "program": "ppo", "init_from": policy.path,
                    "reward_model": rm.path, "num_iterations": num_iterations})
+  if hf_export:
+    export_hf(params, policy.config, os.path.join(workdir, trainer.HF_DIR),
+              tokenizer_path=tok.path)
   workdir_lib.mark_done(workdir, f"iteration {num_iterations}\n")
 
 
@@ -153,7 +156,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
         probe: Callable | None = None, probe_every: int = 5,
         optimizer: Callable = make_optimizer, seed: int = 0,
         mesh_shape: Sequence[int] = (-1, 1, 1), ckpt_every: int = 5,
-        keep_checkpoints: int = 2) -> str:
+        keep_checkpoints: int = 2, hf_export: bool = False) -> str:
   """Optimises the policy with PPO against the preference model; returns ``model/``.
 
   Args:
@@ -182,6 +185,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
     seed: prompt order, sampling and minibatch shuffles derive from it.
     mesh_shape: (data, fsdp, tensor).
     ckpt_every, keep_checkpoints: checkpoint cadence in iterations.
+    hf_export: also write the final policy as a Hugging Face folder ``{workdir}/hf``.
   """
   if workdir_lib.skip_if_done(workdir, "ppo"):
     return trainer.model_dir(workdir)
@@ -199,7 +203,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   value = SavedModel.open(value_model or reward_model, role="ppo.value_model")
   tok = policy.tokenizer(tokenizer_path)
   pool = [turns for p in ([prompts] if isinstance(prompts, str) else prompts)
-          for _, turns in read_prompts(p)]
+          for _, turns in read_prompts(workdir_lib.resolve_input(p))]
   prompt_ids = [cc.initial_prompt(t).token_ids(tok) for t in pool]
   mesh = build_mesh(mesh_shape)
   tx, lr = optimizer(total_steps=num_iterations * cfg.steps_per_iteration)
@@ -232,6 +236,6 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
       faults.exit_if_due(it + 1, wait=ckpt.wait)
   bar.close()
   ckpt.close()
-  _save(workdir, state.train.params["policy"], policy, tok, rm, num_iterations)
+  _save(workdir, state.train.params["policy"], policy, tok, rm, num_iterations, hf_export)
   return trainer.model_dir(workdir)
 

@@ -147,7 +147,7 @@ def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
       c.texts[name] = text
       c.conversation = p.conversation(text)
       c.num_tokens += len(t)
-      if tok.eos_id not in t:
+      if not set(tok.stop_ids) & set(t):
         c.flags.append(f"{name}:truncated")
       if not text:
         c.flags.append(f"{name}:empty")
@@ -231,6 +231,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
 
   # --- Inputs and the job's spec -------------------------------------------------------
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
+  prompts_path = workdir_lib.resolve_input(prompts_path)
   prompts = read_prompts(prompts_path)[:max_prompts]
   saved = SavedModel.open(model, role="generate_sl.model")
   tok = saved.tokenizer(tokenizer_path)
@@ -262,6 +263,6 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
         direct=direct_revision, exemplars=const.critique_exemplars if exemplars else (),
         prefix_reuse=prefix_reuse, seed=seed, shard=s, batch_size=batch_size, bar=bar,
         counter=counter, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, stop_tokens=[tok.eos_id]))
+        top_p=top_p, stop_tokens=tok.stop_ids))
   bar.close()
   return _write_sl_data(workdir, shards, len(prompts), const, spec, prompts_path)

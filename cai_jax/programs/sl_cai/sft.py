@@ -102,7 +102,8 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str | N
         seq_len: int = 256, batch_size: int = 32, num_steps: int = 1000, seed: int = 0,
         loss_on: str = "model", pack: bool = True, optimizer: Callable = make_optimizer,
         mesh_shape: tuple[int, int, int] = (-1, 1, 1), ckpt_every: int = 200,
-        log_every: int = 10, keep_checkpoints: int = 2) -> str:
+        log_every: int = 10, keep_checkpoints: int = 2,
+        hf_export: bool = False) -> str:
   """Trains an LM on a conversations file; returns the saved model folder.
 
   Args:
@@ -122,6 +123,7 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str | N
     optimizer: ``optimizer(total_steps=...) -> (optax transform, schedule)``.
     mesh_shape: (data, fsdp, tensor) sizes; one may be -1.
     ckpt_every, log_every, keep_checkpoints: checkpoint and logging cadence.
+    hf_export: also write the trained model as a Hugging Face folder ``{workdir}/hf``.
   """
   if workdir_lib.skip_if_done(workdir, "sft"):
     return trainer.model_dir(workdir)
@@ -152,4 +154,5 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str | N
       workdir, program="sft", mesh=mesh, init=init, loss=lm_loss_fn, batches=batches,
       schedule=trainer.Schedule(num_steps, batch_size, seed, ckpt_every, log_every,
                                 keep_checkpoints), optimizer=optimizer,
-      info={"tokenizer_path": tok.path, "train_data": os.path.abspath(train_data)})
+      info={"tokenizer_path": tok.path, "train_data": os.path.abspath(train_data)},
+      hf_export=hf_export)

@@ -1,0 +1,1 @@
+"""Evaluation helpers shared by programs (reports of AI-judge evaluations)."""
