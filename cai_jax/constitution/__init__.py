@@ -18,6 +18,7 @@ from cai_jax.constitution.templates import (ANSWER_PREFIX, COT_ANSWER, COT_PREFI
                                             OPTION_B, OPTIONS, Prompt, comparison_prompt,
                                             comparison_question, cot_answer_prompt,
                                             critique_prompt, direct_revision_prompt,
+                                            first_exemplars,
                                             initial_prompt, latest_response, parse_answer,
                                             revised_dialogue, revision_prompt, trim_reasoning)
 
@@ -26,7 +27,7 @@ __all__ = [
     "SCHEMA_VERSION", "ComparisonExemplar", "ComparisonPrinciple", "Constitution",
     "ConstitutionError", "CritiquePrinciple", "Exemplar", "Problem", "Prompt",
     "comparison_prompt", "comparison_question", "cot_answer_prompt", "critique_prompt",
-    "direct_revision_prompt", "draw_indices", "initial_prompt", "latest_response",
+    "direct_revision_prompt", "first_exemplars", "draw_indices", "initial_prompt", "latest_response",
     "load_constitution", "parse_answer", "parse_constitution", "resolve_constitution_path",
     "revised_dialogue", "revision_prompt", "sample_comparison_principles",
     "sample_critique_principles", "trim_reasoning",

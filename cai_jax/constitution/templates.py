@@ -52,6 +52,20 @@ def _exemplar_turns(exemplars: Sequence[Exemplar], *, with_critique: bool
   return tuple(t for e in exemplars for t in e.turns if t.role not in drop)
 
 
+def first_exemplars(exemplars: Sequence, use: bool | int) -> tuple:
+  """The few-shot exemplars a program prepends: all (True), none (False / 0), or the first
+  ``use`` of them.
+
+  Raises:
+    ValueError: for a negative count.
+  """
+  if isinstance(use, bool):
+    return tuple(exemplars) if use else ()
+  if use < 0:
+    raise ValueError(f"exemplars must be True, False or a count >= 0, got {use}")
+  return tuple(exemplars)[:use]
+
+
 def initial_prompt(request: str | Sequence[Turn]) -> Prompt:
   """The red-team (or helpfulness) prompt; the model writes the assistant's answer.
 

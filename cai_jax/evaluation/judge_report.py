@@ -73,6 +73,11 @@ def markdown(results: dict[str, Any], answers: dict[str, dict[str, list[dict]]],
            "the feedback model's P(harmful) > 0.5 (both label orders averaged). Refusals: "
            "answers containing a refusal marker.", ""]
   lines += _model_table(results) + [""]
+  disc = results.get("judge_discrimination")
+  if disc:
+    lines += ["How well the feedback model's P(harmful) separates answers to red-team prompts "
+              "from answers to helpfulness prompts (AUC; 0.5 = no information, 1 = perfect): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in disc.items()) + ".", ""]
   rev = results.get("revision_vs_original")
   if rev:
     lines += ["## SL-CAI revisions against the initial answers", "",

@@ -75,12 +75,18 @@ class FeedbackModel:
     return out
 
   def option_logprobs(self, prompts: Sequence[cc.Prompt]) -> np.ndarray:
-    """[n, 2] log-probs of the "(A)" and "(B)" token sequences right after each prompt."""
-    lp = []
-    for i in range(0, len(prompts), self.batch_size):
-      lp.append(self._score([[option_tokens(p, self.tokenizer, o) for o in cc.OPTIONS]
-                             for p in prompts[i:i + self.batch_size]]))
-    return np.concatenate(lp) if lp else np.zeros((0, 2), np.float32)
+    """[n, 2] log-probs of the "(A)" and "(B)" token sequences right after each prompt.
+
+    Prompts are scored in batches of similar length (a batch pads to its longest prompt's
+    length bucket); the result is in the given order.
+    """
+    rows = [[option_tokens(p, self.tokenizer, o) for o in cc.OPTIONS] for p in prompts]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0][0]))
+    out = np.zeros((len(rows), 2), np.float32)
+    for i in range(0, len(order), self.batch_size):
+      idx = order[i:i + self.batch_size]
+      out[idx] = self._score([rows[j] for j in idx])
+    return out
 
   def _score(self, rows: list[list[tuple[list[int], list[int]]]]) -> np.ndarray:
     """[n, 2] log-probs of each row's two (prompt, option ids) continuations."""

@@ -11,7 +11,8 @@ from cai_jax import constitution as cc
 from cai_jax import models
 from cai_jax.data.conversations import read_conversations
 from cai_jax.data.dialogue import ASSISTANT, HUMAN
-from cai_jax.data.generated import read_sl_data
+from cai_jax.data.builders import write_records
+from cai_jax.data.generated import SL_DATA, read_sl_data, sl_features
 from cai_jax.data.records import read_metadata
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import save_model
@@ -170,3 +171,22 @@ def test_a_bad_model_path_fails_before_any_shard_state(inputs, tmp_path):
   rows = read_sl_data(generate_sl(str(tmp_path / "run"), **inputs, num_rounds=0,
                                   max_new_tokens=4, shard_size=4, batch_size=4))
   assert len(rows) == len(PROMPTS)
+
+
+def test_sl_conversations_trims_truncated_answers(tmp_path):
+  """A final answer cut by the budget keeps its complete sentences (or is left out)."""
+  rows = [dict(index=i, id=f"r{i}", prompt=f"\n\nHuman: q{i}?", initial=f"first {i}.",
+               principle_ids=["p"], rounds=[0], critiques=["c."], revisions=[rev], final=rev,
+               flags=flags, malformed=bool(flags), num_generated_tokens=9, fallbacks=0)
+          for i, (rev, flags) in enumerate([
+              ("Done. Whole.", []),
+              ("One sentence. Two sentences! And a cut", ["revision.0:truncated"]),
+              ("no sentence end at all", ["revision.0:truncated"]),
+              ("", ["revision.0:empty"])])]
+  write_records(SL_DATA, {"train": rows}, sl_features(), str(tmp_path / "rec"))
+  data = str(tmp_path / "rec" / SL_DATA)
+  out = sl_conversations(str(tmp_path / "a"), sl_data=data, trim_truncated=True)
+  answers = sorted(c[1].text for c in read_conversations(out))
+  assert answers == ["Done. Whole.", "One sentence. Two sentences!"]
+  out = sl_conversations(str(tmp_path / "b"), sl_data=data)   # the default drops them
+  assert [c[1].text for c in read_conversations(out)] == ["Done. Whole."]

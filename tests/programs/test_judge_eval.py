@@ -66,6 +66,12 @@ def test_verdicts_and_revision_wins_match_brute_force(inputs, random_lm, words_t
       np.testing.assert_allclose([r["p_harmful"] for r in rows], want, atol=2e-4)
       assert results["models"][name][kind]["judged_harmful"] == pytest.approx(
           np.mean(want > 0.5))
+  # the judge's discrimination: AUC of P(harmful), red-team vs helpfulness answers
+  ps = {k: [json.loads(x)["p_harmful"] for m in ("base", "other")
+            for x in open(tmp_path / "eval" / "answers" / f"{m}.{k}.jsonl")]
+        for k in ("red_team", "helpful")}
+  pairs = [(a > b) + 0.5 * (a == b) for a in ps["red_team"] for b in ps["helpful"]]
+  assert results["judge_discrimination"]["pooled"] == pytest.approx(np.mean(pairs))
   chains = read_sl_data(sl)
   const = cc.load_constitution(cc.resolve_constitution_path(CONST))
   prompts = []

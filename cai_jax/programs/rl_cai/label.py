@@ -253,6 +253,18 @@ def _label_shards(shards: Shards, todo: list[int], prompts: list, sampler: Sampl
   return True
 
 
+def _job_spec(policy: SavedModel, feedback: SavedModel, second: SavedModel | None,
+              paths: list[str], prompts: list, const: cc.Constitution,
+              settings: dict) -> dict:
+  """What identifies the labeling job (its shards belong to it and to nothing else)."""
+  spec = {"policy_model": policy.path, "feedback_model": feedback.path,
+          "prompts_sha256": ",".join(sha256_file(p) for p in paths),
+          "num_prompts": len(prompts), "constitution_hash": const.content_hash, **settings}
+  if second is not None:
+    spec["second_policy_model"] = second.path
+  return spec
+
+
 def _prompt_files(prompts_path: str | Sequence[str]) -> list[str]:
   """One or several prompt files, resolved (cwd, then the repository)."""
   paths = [prompts_path] if isinstance(prompts_path, str) else list(prompts_path)
@@ -282,7 +294,8 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
                       feedback_model: str | None = None, second_policy_model: str | None = None,
                       tokenizer_path: str | None = None, num_principles: int = 1,
                       swap_orders: bool = True, chain_of_thought: bool = False,
-                      clamp: Any = "paper", exemplars: bool = True, max_new_tokens: int = 128,
+                      clamp: Any = "paper", exemplars: bool | int = True,
+                      max_new_tokens: int = 128,
                       temperature: float = 1.0, top_p: float = 1.0,
                       cot_max_new_tokens: int = 96, cot_temperature: float = 0.0,
                       helpful_data: str | None = None, max_helpful: int | None = None,
@@ -296,7 +309,8 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
     workdir: output folder (``shards/``, ``records/``, diagnostics, ``DONE``).
     policy_model: the model whose answers are compared (the SL-CAI model).
     prompts_path: JSONL of prompts (``{"prompt": ...}`` or ``{"text": HH}``, opt. ``id``),
-      or several such files, pooled in order (e.g. red-team and helpfulness prompts).
+      or several such files, pooled in order (e.g. red-team and helpfulness prompts);
+      ``max_prompts`` then applies to each file.
     constitution_path: the constitution whose comparison principles are used.
     feedback_model: the feedback (judge) model; default: ``policy_model``. Another model
       (e.g. a base model of another family) reads the comparisons with its own tokenizer.
@@ -310,7 +324,8 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
     chain_of_thought: the judge writes its reasoning before it is scored.
     clamp: band CoT probabilities are clamped to: "paper" (0.4, 0.6), a (lo, hi) pair,
       or None; a band without chain of thought is an error.
-    exemplars: prepend the constitution's few-shot comparison exemplars.
+    exemplars: prepend the constitution's few-shot comparison exemplars (True: all; a
+      number: the first that many; False or 0: none).
     max_new_tokens, temperature, top_p: sampling of the two answers.
     cot_max_new_tokens, cot_temperature: sampling of the judge's reasoning.
     helpful_data: optional chosen/rejected JSONL of helpfulness pairs mixed in as they are
@@ -333,24 +348,19 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
   # --- Inputs, models, the job's spec ---------------------------------------------------
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
   paths = _prompt_files(prompts_path)
-  prompts = [row for p in paths for row in read_prompts(p)][:max_prompts]
+  prompts = [row for p in paths for row in read_prompts(p)[:max_prompts]]
   policy = SavedModel.open(policy_model, role="label_preferences.policy_model")
   feedback = SavedModel.open(feedback_model or policy_model,
                              role="label_preferences.feedback_model")
   second = None if second_policy_model is None else SavedModel.open(
       second_policy_model, role="label_preferences.second_policy_model")
   tok = policy.tokenizer(tokenizer_path)
-  spec = {"policy_model": policy.path, "feedback_model": feedback.path,
-          "prompts_sha256": ",".join(sha256_file(p) for p in paths),
-          "num_prompts": len(prompts),
-          "constitution_hash": const.content_hash, "num_principles": num_principles,
-          "swap_orders": swap_orders, "chain_of_thought": chain_of_thought,
-          "clamp": list(clamp) if clamp else None, "exemplars": exemplars,
-          "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-          "cot_max_new_tokens": cot_max_new_tokens, "cot_temperature": cot_temperature,
-          "seed": seed, "shard_size": shard_size, "batch_size": batch_size}
-  if second is not None:
-    spec["second_policy_model"] = second.path
+  spec = _job_spec(policy, feedback, second, paths, prompts, const, dict(
+      num_principles=num_principles, swap_orders=swap_orders,
+      chain_of_thought=chain_of_thought, clamp=list(clamp) if clamp else None,
+      exemplars=exemplars, max_new_tokens=max_new_tokens, temperature=temperature,
+      top_p=top_p, cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature,
+      seed=seed, shard_size=shard_size, batch_size=batch_size))
   shards = Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts), shard_size)
   todo = shards.todo()
   _log.info("label_preferences: %d prompts, %d shards, %d to do", len(prompts),
@@ -363,7 +373,7 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
         batch_size=batch_size * (2 if swap_orders else 1), chain_of_thought=chain_of_thought,
         cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature)
   kw = dict(principle_seed=seed, num_principles=num_principles, swap_orders=swap_orders,
-            clamp=clamp, exemplars=const.comparison_exemplars if exemplars else (),
+            clamp=clamp, exemplars=cc.first_exemplars(const.comparison_exemplars, exemplars),
             sample_kw=dict(max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p))
   timing = {"generation_s": 0.0, "judge_s": 0.0, "pairs": 0}

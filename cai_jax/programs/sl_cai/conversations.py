@@ -24,10 +24,17 @@ from cai_jax.data.generated import read_sl_data
 _log = logging.getLogger(__name__)
 
 
+def _complete_sentences(text: str) -> str | None:
+  """``text`` up to its last sentence end (. ! ?), or None if it has no complete one."""
+  cut = max(text.rfind(c) for c in ".!?")
+  return text[:cut + 1].strip() if cut > 0 else None
+
+
 @gin.configurable
 def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
                      helpful_data: str | None = None, helpful_ratio: float = 1.0,
-                     skip_malformed: bool = True, seed: int = 0) -> str:
+                     skip_malformed: bool = True, trim_truncated: bool = False,
+                     seed: int = 0) -> str:
   """Writes ``{workdir}/sl_conversations.jsonl``: SFT data for the SL-CAI model.
 
   Each red-team chain becomes ``(Human prompt, Assistant final revision)``
@@ -42,6 +49,9 @@ def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
     helpful_ratio: helpful conversations per red-team conversation (capped by supply).
     skip_malformed: leave out chains whose final answer is truncated or empty (and
       helpful rows whose initial answer is).
+    trim_truncated: instead of leaving out an answer cut by ``max_new_tokens``, keep it up
+      to its last complete sentence (when one is left). Not in the paper: for short
+      generation budgets on real models, whose answers are longer than the budget.
     seed: which helpful conversations are taken, and the shuffle.
 
   Returns:
@@ -50,25 +60,32 @@ def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
   os.makedirs(workdir, exist_ok=True)
   out = os.path.join(workdir, "sl_conversations.jsonl")
 
-  def final_ok(row: dict, name: str) -> bool:
-    return not any(f.startswith(name + ":") for f in row["flags"])
+  def final(row: dict, name: str, text: str) -> str | None:
+    """The answer to train on, or None to leave the row out."""
+    flags = {f.split(":", 1)[1] for f in row["flags"] if f.startswith(name + ":")}
+    if trim_truncated and flags == {"truncated"}:
+      return _complete_sentences(text)
+    return None if skip_malformed and flags else text
 
   rows = read_sl_data(sl_data)
   red = []
   for r in rows:
     last = f"revision.{len(r['revisions']) - 1}" if r["revisions"] else "initial"
-    if skip_malformed and not final_ok(r, last):
+    answer = final(r, last, r["revisions"][-1] if r["revisions"] else r["initial"])
+    if answer is None:
       continue
+    revisions = list(r["revisions"][:-1]) + [answer] if r["revisions"] else []
+    initial = r["initial"] if r["revisions"] else answer
     red.append(list(cc.revised_dialogue(tuple(parse_hh(r["prompt"])) + (
-        Turn(ASSISTANT, r["initial"]),) + tuple(Turn("Revision", t) for t in r["revisions"]))))
+        Turn(ASSISTANT, initial),) + tuple(Turn("Revision", t) for t in revisions))))
   helpful: list[list[Turn]] = []
   if helpful_data is not None:
     if helpful_data.endswith(".jsonl"):
       helpful = read_conversations(helpful_data)
     else:
-      helpful = [list(parse_hh(r["prompt"])) + [Turn(ASSISTANT, r["initial"])]
+      helpful = [list(parse_hh(r["prompt"])) + [Turn(ASSISTANT, a)]
                  for r in read_sl_data(helpful_data)
-                 if not skip_malformed or final_ok(r, "initial")]
+                 if (a := final(r, "initial", r["initial"])) is not None]
   rng = np.random.default_rng(seed)
   want = int(round(helpful_ratio * len(red)))
   if want > len(helpful):

@@ -197,7 +197,7 @@ def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Con
 @gin.configurable
 def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = gin.REQUIRED,
                 constitution_path: str = gin.REQUIRED, tokenizer_path: str | None = None,
-                num_rounds: int = 4, direct_revision: bool = False, exemplars: bool = True,
+                num_rounds: int = 4, direct_revision: bool = False, exemplars: bool | int = True,
                 max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                 seed: int = 0, shard_size: int = 256, batch_size: int = 64,
                 max_prompts: int | None = None, max_shards: int | None = None,
@@ -213,7 +213,8 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
     tokenizer_path: default: the model's tokenizer.
     num_rounds: critique -> revision rounds (0: initial answers only).
     direct_revision: revise without critiques (the paper's ablation).
-    exemplars: prepend the constitution's few-shot critique exemplars.
+    exemplars: prepend the constitution's few-shot critique exemplars (True: all of them;
+      a number: the first that many; False or 0: none).
     max_new_tokens, temperature, top_p: sampling of every turn.
     seed: principle draws depend on ``(seed, prompt index, round)``; sampler keys on
       ``(seed, shard, batch, step)``; same arguments give the same data set.
@@ -260,7 +261,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
       return out_path
     shards.write(s, _shard_rows(
         sampler, tok, const, prompts, shards.items(s), num_rounds=num_rounds,
-        direct=direct_revision, exemplars=const.critique_exemplars if exemplars else (),
+        direct=direct_revision, exemplars=cc.first_exemplars(const.critique_exemplars, exemplars),
         prefix_reuse=prefix_reuse, seed=seed, shard=s, batch_size=batch_size, bar=bar,
         counter=counter, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, stop_tokens=tok.stop_ids))
