@@ -75,6 +75,18 @@ def prefill(graphdef: nnx.GraphDef, params, tokens_bt: jax.Array, lengths_b: jax
   return state, logits
 
 
+def _chunk_forward(model, state: DecodeState, tokens_bt: jax.Array, n_new_b: jax.Array):
+  """The forward of a left-padded chunk written at ``state.slot`` -> (hidden [b, t, d],
+  the cache with the chunk's keys, real_bt, the slots' positions kpos_bs)."""
+  real, positions = cache_lib.chunk_layout(n_new_b, tokens_bt.shape[1], state.pos_b)
+  mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
+  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, positions.astype(jnp.int32),
+                                      (0, state.slot))
+  hidden, kv = model.hidden(tokens_bt, positions_bt=positions, mask_bts=mask,
+                            cache=state.cache, cache_index=state.slot, key_positions_bs=kpos)
+  return hidden, kv, real, kpos
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnums=(2,))
 def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Array,
            lengths_b: jax.Array) -> tuple[DecodeState, jax.Array]:
@@ -100,12 +112,7 @@ def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Arr
   start = (t - lengths_b - pend.astype(jnp.int32))[:, None]
   tokens = jnp.where((j == start) & pend[:, None], state.pending_b[:, None], extra_bt)
   n_new = lengths_b + pend.astype(jnp.int32)
-  real, positions = cache_lib.chunk_layout(n_new, t, state.pos_b)
-  mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
-  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, positions.astype(jnp.int32),
-                                      (0, state.slot))
-  hidden, kv = model.hidden(tokens, positions_bt=positions, mask_bts=mask, cache=state.cache,
-                            cache_index=state.slot, key_positions_bs=kpos)
+  hidden, kv, real, kpos = _chunk_forward(model, state, tokens, n_new)
   valid = jax.lax.dynamic_update_slice(state.valid_bs, real, (0, state.slot))
   state = state._replace(cache=kv, valid_bs=valid, kpos_bs=kpos, pos_b=state.pos_b + n_new,
                          slot=state.slot + t, pending_ok_b=jnp.zeros_like(pend))
@@ -122,13 +129,7 @@ def extend_logprobs(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt
     the chunk's real tokens (0 elsewhere, and at the last column).
   """
   model = nnx.merge(graphdef, params)
-  b, t = extra_bt.shape
-  real, positions = cache_lib.chunk_layout(lengths_b, t, state.pos_b)
-  mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
-  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, positions.astype(jnp.int32),
-                                      (0, state.slot))
-  hidden, _ = model.hidden(extra_bt, positions_bt=positions, mask_bts=mask, cache=state.cache,
-                           cache_index=state.slot, key_positions_bs=kpos)
+  hidden, _, real, _ = _chunk_forward(model, state, extra_bt, lengths_b)
   logp = jax.nn.log_softmax(model.logits(hidden[:, :-1]), axis=-1)       # [b, t-1, v]
   picked = jnp.take_along_axis(logp, extra_bt[:, 1:, None], axis=-1)[..., 0]
   picked = jnp.where(real[:, :-1] & real[:, 1:], picked, 0.0)
