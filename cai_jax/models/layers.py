@@ -98,11 +98,11 @@ def rope(x_btnk: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray | floa
   emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]          # [b, t, 1, r]
   cos, sin = jnp.cos(emb), jnp.sin(emb)
   x32 = x_btnk.astype(jnp.float32)
-  xr, rest = x32[..., :rot], x32[..., rot:]
+  xr = x32 if rot == k else x32[..., :rot]
   x1, x2 = jnp.split(xr, 2, axis=-1)
   out = xr * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
   if rot < k:
-    out = jnp.concatenate([out, rest], axis=-1)
+    out = jnp.concatenate([out, x32[..., rot:]], axis=-1)
   return out.astype(x_btnk.dtype)
 
 
