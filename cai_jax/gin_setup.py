@@ -13,15 +13,21 @@ from typing import Callable, Sequence
 import gin
 
 from cai_jax.models.config import ModelConfig
+from cai_jax.run import runner
 from cai_jax.train import optim
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "gin_configs")
 
 @gin.configurable
-def run(workdir: str, program: Callable = gin.REQUIRED):
-  """Runs the program that the gin files bind to ``run.program`` in ``workdir``."""
-  return program(workdir=workdir)
+def run(workdir: str, program: Callable = gin.REQUIRED, restart: bool = False):
+  """Runs the program that the gin files bind to ``run.program`` in ``workdir``.
+
+  With ``restart`` a workdir holding a run of another configuration is cleared and the
+  program starts over (default: such a run is refused, naming what differs).
+  """
+  with runner.policy("restart" if restart else None):
+    return program(workdir=workdir)
 
 
 _registered = False

@@ -19,6 +19,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files (relative to the cwd or gin_configs/).")
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. 'sft.num_steps=10'.")
 flags.DEFINE_string("workdir", None, "Output folder of the run.", required=True)
+flags.DEFINE_bool("restart", False, "If the workdir holds a run of another configuration, "
+                  "delete its outputs and start over (default: refuse, naming what differs).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node).")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/cai_jax/xla"),
                     "Persistent XLA compilation cache folder ('' disables it).")
@@ -45,7 +47,7 @@ def main(argv):
   workdir = os.path.abspath(FLAGS.workdir)
   if jax.process_index() == 0:
     gin_setup.write_config(workdir, "config.gin", gin.config_str())
-  gin_setup.run(workdir=workdir)
+  gin_setup.run(workdir=workdir, **({"restart": True} if FLAGS.restart else {}))
   if jax.process_index() == 0:
     gin_setup.write_config(workdir, "operative_config.gin", gin.operative_config_str())
 

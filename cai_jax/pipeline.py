@@ -9,9 +9,14 @@ ordered mapping from phase name to a gin-configured program::
         'eval_base': @base/evaluate,
     }
 
-Each program is called as ``program(workdir=<root>/<name>)``. A phase whose folder holds
-a ``DONE`` marker is skipped, so an interrupted pipeline resumes where it stopped
-(programs are themselves resumable inside a phase). Relative paths in the gin bindings
+Each program is called as ``program(workdir=<root>/<name>)``. A program decides itself
+whether its phase is complete (``cai_jax.run.runner``): a phase is skipped only when its
+``DONE`` marker carries the identity of the current configuration and inputs and its
+output is intact. A phase whose configuration or upstream data changed since it ran is
+cleared and run again (``on_change='rerun'``, the default) or refused
+(``on_change='error'``). So an interrupted pipeline resumes where it stopped (programs
+are themselves resumable inside a phase), and an edited experiment reruns exactly the
+phases the edit affects. The experiment root is locked while the pipeline runs. Relative paths in the gin bindings
 are relative to the experiment root: the pipeline runs with the root as the current
 directory, so ``'data/corpus.jsonl'`` means the ``data`` phase's output.
 """
@@ -26,6 +31,8 @@ from typing import Callable, Mapping
 import gin
 
 from cai_jax import workdir as workdir_lib
+from cai_jax.run import runner as program_lib
+from cai_jax.run.lock import WorkdirLock
 
 _log = logging.getLogger(__name__)
 
@@ -42,8 +49,8 @@ def _cwd(path: str):
 
 @gin.configurable
 def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
-             only: tuple[str, ...] = (), always_run: tuple[str, ...] = ()
-             ) -> dict[str, float]:
+             only: tuple[str, ...] = (), always_run: tuple[str, ...] = (),
+             on_change: str = "rerun") -> dict[str, float]:
   """Runs ``phases`` in order under ``workdir``; returns {phase: seconds}.
 
   Args:
@@ -51,7 +58,11 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
     phases: ordered {name: program}; names must be valid folder names.
     only: if non-empty, run just these phases (their inputs must exist).
     always_run: phases run even when complete (cheap summaries such as a report).
+    on_change: "rerun" (clear and rerun a phase whose configuration or inputs changed) or
+      "error" (stop with the differing arguments named).
   """
+  if on_change not in ("rerun", "error"):
+    raise ValueError(f"pipeline.on_change must be 'rerun' or 'error', got {on_change!r}")
   root = os.path.abspath(workdir)
   os.makedirs(root, exist_ok=True)
   unknown = (set(only) | set(always_run)) - set(phases)
@@ -59,7 +70,8 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
     raise ValueError(f"pipeline.only names unknown phases {sorted(unknown)}; "
                      f"phases are {list(phases)}")
   timings = {}
-  with _cwd(root):
+  mismatch = "restart" if on_change == "rerun" else "error"
+  with _cwd(root), WorkdirLock(root, "pipeline"):
     for i, (name, program) in enumerate(phases.items()):
       if os.sep in name or name.startswith("."):
         raise ValueError(f"bad phase name {name!r}")
@@ -67,13 +79,20 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
         continue
       phase_dir = os.path.join(root, name)
       banner = f"[{i + 1}/{len(phases)}] {name}"
-      if workdir_lib.is_done(phase_dir) and name not in always_run:
+      decorated = getattr(program, "cai_program", None) is not None
+      if not decorated and workdir_lib.is_done(phase_dir) and name not in always_run:
         print(f"{banner}: complete, skipped", flush=True)
         continue
-      print(f"{banner}: running", flush=True)
       os.makedirs(phase_dir, exist_ok=True)
+      events = {"on_start": lambda b=banner: print(f"{b}: running", flush=True)}
+      if not decorated:
+        events["on_start"]()
       start = time.perf_counter()
-      program(workdir=phase_dir)
+      with program_lib.policy(mismatch, force=name in always_run, events=events):
+        program(workdir=phase_dir)
+      if events.get("skipped"):
+        print(f"{banner}: complete, skipped", flush=True)
+        continue
       timings[name] = time.perf_counter() - start
       if not workdir_lib.is_done(phase_dir):
         workdir_lib.mark_done(phase_dir)

@@ -1,8 +1,10 @@
 """A run's folder: the completion marker and atomic writes of small text files.
 
-A program writes its outputs into its workdir and, last, a ``DONE`` marker; the pipeline
-skips a phase whose folder holds one. Files other programs read are written atomically
-(to ``NAME.tmp``, then renamed), so a killed run never leaves half a file behind.
+A program writes its outputs into its workdir and, last, a ``DONE`` marker (JSON: the
+program's one-line summary and, for a decorated program, the identity of the run; see
+``cai_jax.run.runner``, which decides skip, resume or restart). Files other programs
+read are written atomically (to a temporary name in the same folder, flushed to disk,
+then renamed), so a killed run never leaves half a file behind.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ DONE_FILE = "DONE"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _log = logging.getLogger(__name__)
+# Workdirs owned by a running decorated program (cai_jax.run.runner): workdir -> state.
+OWNED: dict[str, dict] = {}
 
 
 def is_done(workdir: str) -> bool:
@@ -23,8 +27,16 @@ def is_done(workdir: str) -> bool:
 
 
 def mark_done(workdir: str, text: str = "") -> None:
-  """Writes the completion marker (``text`` is a one-line summary, e.g. the last step)."""
-  write_text(os.path.join(workdir, DONE_FILE), text)
+  """Marks ``workdir`` complete (``text`` is a one-line summary, e.g. the last step).
+
+  Inside a decorated program that owns ``workdir`` the summary is kept and the decorator
+  writes the marker, with the run's identity, after the program returns.
+  """
+  owner = OWNED.get(os.path.abspath(workdir))
+  if owner is not None:
+    owner.update(summary=text, marked=True)
+    return
+  write_json(os.path.join(workdir, DONE_FILE), {"summary": text.strip()})
 
 
 def skip_if_done(workdir: str, program: str) -> bool:
@@ -38,9 +50,11 @@ def skip_if_done(workdir: str, program: str) -> bool:
 def write_text(path: str, text: str) -> None:
   """Writes ``text`` to ``path`` atomically (creates the folder)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
 
 

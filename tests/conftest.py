@@ -35,7 +35,8 @@ def n_devices():
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, timeout=300):
+def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, timeout=300,
+              flags=()):
   """Runs ``python -m cai_jax.main`` in a subprocess (own device count, no compile cache).
 
   ``fault_after`` makes the training loop die abruptly after that step (resume tests).
@@ -49,6 +50,7 @@ def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, ti
     env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
   cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache="]
   cmd += [f"--gin_file={f}" for f in gin_files] + [f"--gin_param={p}" for p in gin_params]
+  cmd += list(flags)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
 

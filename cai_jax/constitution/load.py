@@ -6,6 +6,7 @@ Validation never stops at the first problem: it walks the whole file and raises 
 """
 from __future__ import annotations
 
+import codecs
 import difflib
 import json
 import os
@@ -78,18 +79,35 @@ def load_constitution(path: str | os.PathLike) -> Constitution:
 
   Raises:
     FileNotFoundError: if the file does not exist.
-    ConstitutionError: if it is not valid JSON or breaks the schema; the message lists
-      every problem with its JSON path.
+    ConstitutionError: if it is not UTF-8 (a leading byte-order mark is skipped) or not
+      valid JSON (the problem gives the line and column), or breaks the schema; the
+      message lists every problem with its JSON path.
   """
   resolved = resolve_constitution_path(path)
-  with open(resolved, encoding="utf-8") as f:
-    text = f.read()
+  with open(resolved, "rb") as f:
+    raw = f.read()
+  bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+  try:
+    text = raw[bom:].decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise ConstitutionError(resolved, [Problem("$", _utf8_problem(raw[bom:], e, bom))]
+                            ) from None
   try:
     data = json.loads(text, object_pairs_hook=_pairs_hook)
   except json.JSONDecodeError as e:
     raise ConstitutionError(resolved, [Problem(
         "$", f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})")]) from None
   return parse_constitution(data, source=resolved)
+
+
+def _utf8_problem(raw: bytes, e: UnicodeDecodeError, skipped: int) -> str:
+  """Where the first non-UTF-8 byte is: 1-based line and column (in characters), and its
+  offset in the file (``skipped`` bytes were cut off the front of ``raw``)."""
+  line_start = raw.rfind(b"\n", 0, e.start) + 1
+  line = raw.count(b"\n", 0, e.start) + 1
+  column = len(raw[line_start:e.start].decode("utf-8")) + 1
+  return (f"not valid utf-8 at line {line}, column {column}: byte 0x{raw[e.start]:02x} "
+          f"(file offset {e.start + skipped}): {e.reason}")
 
 
 def parse_constitution(data: Any, *, source: str = "<data>") -> Constitution:

@@ -3,18 +3,22 @@
 A conversations file is JSONL; each line is one of
   {"turns": [{"role": "Human", "text": "..."}, {"role": "Assistant", "text": "..."}]}
   {"text": "\\n\\nHuman: ...\\n\\nAssistant: ..."}       (the common public format)
-Malformed lines raise ``ValueError`` naming the file, the line and the problem;
-nothing is dropped silently.
+Malformed lines raise ``InputError`` (a ``ValueError``) as ``"{path}:{line}: {problem}"``;
+nothing is dropped silently. Every reader here counts lines the same way: each ``\\n``
+ends one (blank lines included, 1-based), bytes are decoded as UTF-8 (a byte-order mark
+at the start of the file is skipped), and a bad byte is reported with its column.
 
 ``read_jsonl`` with ``parse_prompt_row`` / ``parse_preference_row`` reads the red-team
 prompt and chosen/rejected pair files of ``cai_jax.data.builders`` the same way.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -22,44 +26,138 @@ import numpy as np
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, parse_hh, render
 
 
+class InputError(ValueError):
+  """Bad user input, located: ``"{path}:{line}: {problem}"`` (``"{path}: {problem}"`` when
+  the problem is the whole file).
+
+  Attributes:
+    path: the file read.
+    line: the 1-based line number, 0 for the whole file.
+    field: the field at fault, when one is known (else None).
+    problem: the message without the location.
+  """
+
+  def __init__(self, path: str, line: int, problem: str, field: str | None = None):
+    self.path, self.line, self.field, self.problem = path, line, field, problem
+    super().__init__(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
+
+
+class _FieldError(ValueError):
+  """A row problem in one field; the reader adds the file and line."""
+
+  def __init__(self, field: str, problem: str):
+    self.field = field
+    super().__init__(problem)
+
+
+@contextlib.contextmanager
+def _at(path: str, line: int) -> Iterator[None]:
+  """Re-raises a ``ValueError`` from the block as an ``InputError`` at ``path:line``."""
+  try:
+    yield
+  except InputError:
+    raise
+  except ValueError as e:
+    raise InputError(path, line, str(e), getattr(e, "field", None)) from None
+
+
+def _utf8_problem(raw: bytes, e: UnicodeDecodeError, offset: int) -> str:
+  column = len(raw[:e.start].decode("utf-8")) + 1
+  return (f"not valid utf-8 at column {column}: byte 0x{raw[e.start]:02x} (file offset "
+          f"{offset + e.start}): {e.reason}")
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+  """(line number, text without its line end) for every line of a UTF-8 text file.
+
+  Raises:
+    InputError: at the first line with bytes that are not UTF-8.
+  """
+  offset = 0
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise InputError(path, lineno, _utf8_problem(raw, e, offset)) from None
+      offset += len(raw)
+      yield lineno, text.rstrip("\r\n")
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def _json_object(line: str) -> dict:
+  """One JSONL line, which must hold a JSON object."""
+  hint = (" (JSON Lines: one object per line, not one array)"
+          if line.lstrip().startswith("[") else "")
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    if "\r" in line:
+      hint = " (a lone '\\r' line end? JSONL lines end with '\\n')"
+    raise ValueError(f"invalid JSON at column {e.colno}: {e.msg}{hint}") from None
+  if not isinstance(obj, dict):
+    raise ValueError(f"expected a JSON object, got {_JSON_TYPES.get(type(obj), 'value')}{hint}")
+  return obj
+
+
+def _json_rows(path: str) -> Iterator[tuple[int, dict]]:
+  """(line number, object) per non-blank line of a JSONL file; a bad line raises
+  ``InputError``."""
+  for lineno, line in _lines(path):
+    if line.strip():
+      with _at(path, lineno):
+        obj = _json_object(line)
+      yield lineno, obj
+
+
 def _turns_from_row(row: dict) -> list[Turn]:
   if "turns" in row:
     if not isinstance(row["turns"], list) or not row["turns"]:
-      raise ValueError("'turns' must be a non-empty list")
+      raise _FieldError("turns", "field 'turns' must be a non-empty list")
     turns = []
     for i, t in enumerate(row["turns"]):
       if not isinstance(t, dict) or set(t) - {"role", "text"} or "role" not in t or "text" not in t:
-        raise ValueError(f"turn {i} must be an object with exactly 'role' and 'text'")
+        raise _FieldError(f"turns[{i}]", f"'turns' item {i} must be an object with exactly "
+                          "'role' and 'text'")
       if not isinstance(t["text"], str):
-        raise ValueError(f"turn {i}: 'text' must be a string")
-      turns.append(Turn(t["role"], t["text"]))
+        raise _FieldError(f"turns[{i}].text", f"'turns' item {i}: 'text' must be a string")
+      try:
+        turns.append(Turn(t["role"], t["text"]))
+      except ValueError as e:
+        raise _FieldError(f"turns[{i}].role", f"'turns' item {i}: {e}") from None
     return turns
   if "text" in row:
     if not isinstance(row["text"], str):
-      raise ValueError("'text' must be a string")
-    return parse_hh(row["text"])
-  raise ValueError("expected a 'turns' or a 'text' field")
+      raise _FieldError("text", "field 'text' must be a string")
+    try:
+      return parse_hh(row["text"])
+    except ValueError as e:
+      raise _FieldError("text", f"field 'text': {e}") from None
+  raise ValueError(f"expected a 'turns' or a 'text' field (fields: {sorted(row)})")
 
 
 def read_conversations(path: str) -> list[list[Turn]]:
-  """Reads a conversations JSONL file (see module docstring)."""
+  """Reads a conversations JSONL file (see module docstring).
+
+  Raises:
+    InputError: ``"{path}:{line}: ..."`` for bad UTF-8 or JSON, a line that is not an
+      object, a bad field or a conversation without an assistant turn;
+      ``"{path}: no conversations"`` for a file without one.
+  """
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        if not isinstance(row, dict):
-          raise ValueError("each line must be a JSON object")
-        turns = _turns_from_row(row)
-      except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}:{lineno}: {e}") from None
+  for lineno, row in _json_rows(path):
+    with _at(path, lineno):
+      turns = _turns_from_row(row)
       if not any(t.is_model for t in turns):
-        raise ValueError(f"{path}:{lineno}: no assistant turn to train on")
-      out.append(turns)
+        raise ValueError("no assistant turn to train on")
+    out.append(turns)
   if not out:
-    raise ValueError(f"{path}: no conversations")
+    raise InputError(path, 0, "no conversations")
   return out
 
 
@@ -131,48 +229,47 @@ def batch_dataset(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
 def read_jsonl(path: str, parse: Callable[[dict], dict[str, Any]]) -> list[dict[str, Any]]:
   """Parses every non-blank line of a JSONL file with ``parse(obj) -> row``.
 
-  Rows have an ``"id"``; an empty one becomes ``"{file stem}:{line}"``.
+  Rows have an ``"id"``; a missing or empty one becomes ``"{file stem}:{line}"``.
 
   Raises:
-    ValueError: ``"{path}:{line}: ..."`` on bad UTF-8 or JSON, a non-object line, an
+    InputError: ``"{path}:{line}: ..."`` on bad UTF-8 or JSON, a non-object line, an
       error from ``parse`` or a duplicate id; ``"{path}: no rows"`` on an empty file.
   """
+  return _parsed_rows(path, _json_rows(path), parse)
+
+
+def _parsed_rows(path: str, objects: Iterable[tuple[int, dict]],
+                 parse: Callable[[dict], dict[str, Any]]) -> list[dict[str, Any]]:
+  """``parse`` applied to (line number, object) pairs; ids defaulted and unique."""
   rows, seen = [], {}
   stem = os.path.splitext(os.path.basename(path))[0]
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-        if not line.strip():
-          continue
-        obj = json.loads(line)
-        if not isinstance(obj, dict):
-          raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        row = parse(obj)
-        row["id"] = row["id"] or f"{stem}:{lineno}"
-        if row["id"] in seen:
-          raise ValueError(f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-      except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path}:{lineno}: {e}") from None
-      seen[row["id"]] = lineno
-      rows.append(row)
+  for lineno, obj in objects:
+    with _at(path, lineno):
+      row = parse(obj)
+      row["id"] = row.get("id") or f"{stem}:{lineno}"
+      if row["id"] in seen:
+        raise _FieldError("id", f"duplicate id {row['id']!r} (first on line "
+                          f"{seen[row['id']]})")
+    seen[row["id"]] = lineno
+    rows.append(row)
   if not rows:
-    raise ValueError(f"{path}: no rows")
+    raise InputError(path, 0, "no rows")
   return rows
 
 
 def _text_field(obj: dict, key: str, *, required: bool = True) -> str | None:
   if key not in obj:
     if required:
-      raise ValueError(f"missing field {key!r} (fields: {sorted(obj)})")
+      raise _FieldError(key, f"missing field {key!r} (fields: {sorted(obj)})")
     return None
   value = obj[key]
   if key == "id" and isinstance(value, int) and not isinstance(value, bool):
     value = str(value)
   if not isinstance(value, str):
-    raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
+    raise _FieldError(key, f"field {key!r} must be a string, got "
+                      f"{_JSON_TYPES.get(type(value), type(value).__name__)}")
   if not value.strip():
-    raise ValueError(f"field {key!r} is empty")
+    raise _FieldError(key, f"field {key!r} is empty")
   return value
 
 
@@ -181,21 +278,21 @@ def _conversation(text: str, key: str) -> list[Turn]:
   try:
     turns = parse_hh(text)
   except ValueError as e:
-    raise ValueError(f"{key!r}: {e}") from None
+    raise _FieldError(key, f"{key!r}: {e}") from None
   if turns and turns[-1].role == ASSISTANT and not turns[-1].text and key == "text":
     turns = turns[:-1]  # an open "\n\nAssistant:" header after a prompt
   if not turns:
-    raise ValueError(f"{key!r} has no turns")
+    raise _FieldError(key, f"{key!r} has no turns")
   for i, t in enumerate(turns):
     if not t.text:
-      raise ValueError(f"{key!r}: turn {i} ({t.role}) has empty text")
+      raise _FieldError(key, f"{key!r}: turn {i} ({t.role}) has empty text")
   return turns
 
 
 def _rendered(turns: Sequence[Turn], key: str) -> str:
   text = render(turns)
   if parse_hh(text) != list(turns):
-    raise ValueError(f"{key!r}: text contains a '\\n\\nHuman:' or '\\n\\nAssistant:' header")
+    raise _FieldError(key, f"{key!r}: text contains a '\\n\\nHuman:' or '\\n\\nAssistant:' header")
   return text
 
 
@@ -208,37 +305,68 @@ def parse_prompt_row(obj: dict) -> dict[str, Any]:
   else:
     turns = _conversation(_text_field(obj, "text"), "text")
     if turns[-1].role != HUMAN:
-      raise ValueError(f"'text' must end with a Human turn, not {turns[-1].role}")
+      raise _FieldError("text", f"'text' must end with a Human turn, not {turns[-1].role}")
   category = _text_field(obj, "category", required=False) or ""
   return {"id": _text_field(obj, "id", required=False) or "",
           "prompt": _rendered(turns, "prompt"), "category": category}
 
 
+PROMPT_FORMATS = (".jsonl", ".json", ".txt")
+"""Prompt file extensions ``read_prompts`` accepts (compared case-insensitively)."""
+
+
 def read_prompts(path: str) -> list[tuple[str, tuple[Turn, ...]]]:
-  """(id, request turns) per line of a prompt JSONL (``parse_prompt_row``: ``{"prompt":
-  str}`` or ``{"text": HH dialogue ending with a Human turn}``, optional ``id``)."""
-  return [(row["id"], tuple(parse_hh(row["prompt"]))) for row in read_jsonl(path,
-                                                                          parse_prompt_row)]
+  """(id, request turns) per prompt of a prompt file, chosen by its extension.
+
+  * ``.jsonl`` / ``.json``: JSON Lines, one object per non-blank line (``parse_prompt_row``:
+    ``{"prompt": str}`` or ``{"text": HH dialogue ending with a Human turn}``, optional
+    ``id`` and ``category``).
+  * ``.txt``: one prompt per non-blank line, whitespace stripped; the id of the prompt on
+    line N of ``name.txt`` is ``"name:N"`` (the id a JSONL row without one gets).
+
+  Raises:
+    InputError: for another extension (naming the accepted ones), and as ``read_jsonl``
+      does for a bad line (``"{path}:{line}: ..."``, bad UTF-8 included).
+  """
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".txt":
+    objects = ((n, {"prompt": line}) for n, line in _lines(path) if line.strip())
+  elif ext in PROMPT_FORMATS:
+    objects = _json_rows(path)
+  else:
+    raise InputError(path, 0, f"unsupported prompt file extension {ext or '(none)'!r}; "
+                     "accepted: .jsonl or .json (JSON Lines, one object per line), .txt "
+                     "(one prompt per line)")
+  rows = _parsed_rows(path, objects, parse_prompt_row)
+  return [(row["id"], tuple(parse_hh(row["prompt"]))) for row in rows]
 
 
 def parse_preference_row(obj: dict) -> dict[str, Any]:
-  """A chosen/rejected line -> a ``preference_features`` example (id "" if absent)."""
+  """A chosen/rejected line -> a ``preference_features`` example (id "" if absent).
+
+  Both must be the same prompt followed by an Assistant response, and the two responses
+  must differ (a degenerate pair, chosen equal to rejected, is refused).
+  """
   prompts, responses = {}, {}
   for key in ("chosen", "rejected"):
     turns = _conversation(_text_field(obj, key), key)
     if turns[-1].role != ASSISTANT:
-      raise ValueError(f"{key!r} must end with an Assistant turn, not {turns[-1].role}")
+      raise _FieldError(key, f"{key!r} must end with an Assistant turn, not "
+                        f"{turns[-1].role}")
     if len(turns) < 2:
-      raise ValueError(f"{key!r} has no prompt before its Assistant response")
+      raise _FieldError(key, f"{key!r} has no prompt before its Assistant response")
     prompts[key], responses[key] = turns[:-1], turns[-1].text
   if prompts["chosen"] != prompts["rejected"]:
     a, b = prompts["chosen"], prompts["rejected"]
     k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    raise ValueError(f"'chosen' and 'rejected' have different prompts ({len(a)} vs {len(b)} "
-                     f"turns, first difference at turn {k})")
+    raise _FieldError("rejected", f"'chosen' and 'rejected' have different prompts ({len(a)} "
+                      f"vs {len(b)} turns, first difference at turn {k})")
+  if responses["chosen"] == responses["rejected"]:
+    raise _FieldError("rejected", "degenerate pair: 'chosen' and 'rejected' are the same "
+                      "conversation, so there is no preference to learn")
   p = obj.get("p_chosen", 1.0)
   if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-    raise ValueError(f"'p_chosen' must be a number in [0, 1], got {p!r}")
+    raise _FieldError("p_chosen", f"'p_chosen' must be a number in [0, 1], got {p!r}")
   return {"id": _text_field(obj, "id", required=False) or "",
           "prompt": _rendered(prompts["chosen"], "prompt"), "chosen": responses["chosen"],
           "rejected": responses["rejected"], "p_chosen": np.float32(p)}

@@ -19,9 +19,13 @@ SPEC_FILE = "spec.json"
 
 
 def check_spec(directory: str, spec: dict) -> None:
-  """Writes the job spec, or checks that existing shards were made with the same one."""
+  """Writes the job spec, or checks that existing shards were made with the same one (a
+  spec without any shard, left by a run that failed before its first shard, is
+  replaced)."""
   path = os.path.join(directory, SPEC_FILE)
-  if os.path.isfile(path):
+  has_shards = any(n.startswith("shard_") and n.endswith(".jsonl")
+                   for n in os.listdir(directory)) if os.path.isdir(directory) else False
+  if os.path.isfile(path) and has_shards:
     old = workdir_lib.read_json(path)
     if old != spec:
       diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))

@@ -30,9 +30,12 @@ from cai_jax import workdir as workdir_lib
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models import api, hf
 from cai_jax.models.config import ModelConfig
+from cai_jax.run import integrity
 
 MODEL_JSON = "model.json"
 HF_FORMAT = "huggingface"
+# info entries that are paths: recorded absolute, so lineage survives a change of cwd.
+_PATH_INFO = ("init_from", "reference", "copied_from", "tokenizer_path", "train_data")
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                        "generation_config.json", "special_tokens_map.json")
 
@@ -47,17 +50,26 @@ def save_model(path: str, params: Any, cfg: ModelConfig, *, kind: api.Kind = "lm
                info: dict | None = None) -> str:
   """Writes ``params`` and their config to ``path`` (overwrites); returns ``path``.
 
-  ``model.json`` is written last, so a folder with one holds a complete model.
+  ``manifest.json`` (size and sha256 of every parameter file, checked by ``load``) and
+  then ``model.json`` are written last, so a folder with one holds a complete model.
   """
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
+  if os.path.exists(os.path.join(path, MODEL_JSON)) and jax.process_index() == 0:
+    os.remove(os.path.join(path, MODEL_JSON))   # incomplete until rewritten below
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, "params"), params, force=True)
     ckptr.wait_until_finished()
   if jax.process_index() == 0:
+    integrity.write_manifest(path, under="params")
     workdir_lib.write_json(os.path.join(path, MODEL_JSON),
-                           {"config": cfg.to_dict(), "kind": kind, "info": info or {}})
+                           {"config": cfg.to_dict(), "kind": kind, "info": _abs_paths(info)})
   return path
+
+
+def _abs_paths(info: Mapping[str, Any] | None) -> dict:
+  return {k: os.path.abspath(v) if k in _PATH_INFO and isinstance(v, str) and v else v
+          for k, v in (info or {}).items()}
 
 
 def export_hf(params: Any, cfg: ModelConfig, out: str, *, tokenizer_path: str | None = None,
@@ -195,8 +207,11 @@ class SavedModel:
       shardings = api.param_shardings(cfg, mesh, self.kind)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           shapes, shardings)
+    if integrity.has_manifest(self.path):
+      integrity.verify_manifest(self.path)
     with ocp.StandardCheckpointer() as ckptr:
       params = ckptr.restore(os.path.join(self.path, "params"), target)
+    integrity.check_finite(params, f"saved model {self.path}")
     if kind == self.kind:
       return graphdef, params
     graphdef, fresh = api.init(cfg, "scalar", mesh=mesh)
@@ -215,6 +230,6 @@ class SavedModel:
     if self.is_hf:
       raise ValueError(f"{self.path} is a Hugging Face folder; its info is not writable")
     meta = workdir_lib.read_json(os.path.join(self.path, MODEL_JSON))
-    meta["info"].update(info)
+    meta["info"].update(_abs_paths(info))
     workdir_lib.write_json(os.path.join(self.path, MODEL_JSON), meta)
     return SavedModel.open(self.path)

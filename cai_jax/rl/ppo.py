@@ -252,7 +252,8 @@ class PPOLearner:
     t_gen = time.perf_counter() - t0
     answers = [tok.decode_generated(t) for t in out.tokens]
     truncated = np.array([not set(tok.stop_ids) & set(t) for t in out.tokens])
-    batch = rollout_arrays(prompt_ids, out.tokens, length, cfg.rollout_batch, tok.pad_id)
+    kept = [p[d:] for p, d in zip(prompt_ids, out.dropped)]   # over-long prompts are cut
+    batch = rollout_arrays(kept, out.tokens, length, cfg.rollout_batch, tok.pad_id)
     batch.update(self.reward.arrays(requests, answers, cfg.rollout_batch))
     dev = self._put_rollout(batch)
     scored = self._score(params, self.ref_params, self.reward.params, dev)

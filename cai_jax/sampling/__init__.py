@@ -11,6 +11,11 @@ Public API:
   sequence_logprobs(model, prompts, continuations, ...): summed continuation log-probs.
   generate_texts(sampler, tokenizer, prompts, ...): continuations decoded to text.
   call_seed(*parts): a seed as a pure function of names.
+
+Every call keeps rows within the model's ``max_seq_len`` (``limits``): over-long text
+keeps its last tokens and rows stop at the limit (``Sampler.length_stats`` counts
+both), or, with ``length_policy.overflow = 'error'`` (gin) / ``Sampler(overflow=
+"error")``, the call raises first.
 """
 from cai_jax.sampling.cache import DecodeState
 from cai_jax.sampling.sampler import (Conversation, Sampler, SampleOutput, continue_generation,

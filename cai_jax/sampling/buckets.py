@@ -30,9 +30,14 @@ def batch_bucket(n: int, multiple: int = 1) -> int:
   return int(math.ceil(b / multiple) * multiple)
 
 
-def length_bucket(n: int) -> int:
-  """Sequence-length bucket (prompt, continuation chunk, generation budget)."""
-  return pow2_at_least(n, MIN_LENGTH)
+def length_bucket(n: int, room: int | None = None) -> int:
+  """Sequence-length bucket (prompt, continuation chunk, generation budget).
+
+  With ``room`` (e.g. what the model's ``max_seq_len`` leaves), a bucket longer than
+  ``room`` shrinks to ``max(room, n)``: near the limit lengths are used as they are.
+  """
+  b = pow2_at_least(n, MIN_LENGTH)
+  return b if room is None or b <= room else max(room, n)
 
 
 def cache_bucket(n: int) -> int:

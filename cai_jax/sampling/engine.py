@@ -11,6 +11,9 @@ Three programs, each compiled once per shape bucket:
   soon as every row has stopped; the state (KV cache) is donated and updated in
   place.
 
+``grow`` copies a state into a longer cache; ``pack`` drops the padding slots of a
+state (used near ``max_seq_len``, where the cache may not grow).
+
 Run them under ``jax.set_mesh(mesh)`` with sharded params to shard the cache
 (batch over data axes, kv heads over tensor); without a mesh they run on one
 device.
@@ -146,6 +149,35 @@ def grow(state: DecodeState, *, cache_len: int) -> DecodeState:
       kpos_bs=jnp.pad(state.kpos_bs, ((0, 0), (0, extra)))))
 
 
+@functools.partial(jax.jit, static_argnames=("cache_len",), donate_argnums=(0,))
+def pack(state: DecodeState, *, cache_len: int) -> DecodeState:
+  """Drops padding slots: row r's n_r valid slots move, in order, to [top - n_r, top).
+
+  ``top`` (the new ``slot``) is the largest n_r. Keys are stored rotated and masks use
+  ``valid_bs`` / ``kpos_bs``, so moving slots changes nothing but the free room; with
+  every row ending at ``slot``, a decode may also run round the cache (see ``_feed``).
+
+  Args:
+    state: donated decode state.
+    cache_len: slots of the result (at least the largest valid count of a row).
+  """
+  s = state.valid_bs.shape[1]
+  order = jnp.argsort(jnp.logical_not(state.valid_bs).astype(jnp.int32), axis=1,
+                      stable=True)                        # each row's valid slots first
+  n_b = jnp.sum(state.valid_bs, axis=1, dtype=jnp.int32)
+  top = jnp.max(n_b)
+  k = jnp.arange(cache_len, dtype=jnp.int32)[None] - (top - n_b)[:, None]   # [b, S']
+  keep = (k >= 0) & (k < n_b[:, None])
+  idx = jnp.take_along_axis(order, jnp.clip(k, 0, s - 1), axis=1)
+
+  def take(x):
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+  return cache_lib.constrain_state(state._replace(
+      cache=[{n: take(x) for n, x in layer.items()} for layer in state.cache],
+      valid_bs=keep, kpos_bs=take(state.kpos_bs), slot=top))
+
+
 class DecodeOutput(NamedTuple):
   """Result of ``decode``.
 
@@ -165,13 +197,19 @@ class DecodeOutput(NamedTuple):
 
 
 def _feed(model, state: DecodeState) -> tuple[DecodeState, jax.Array]:
-  """One decode step: writes every row's pending token at ``slot`` -> logits [b, v]."""
-  valid = jax.lax.dynamic_update_slice(state.valid_bs, state.pending_ok_b[:, None],
-                                       (0, state.slot))
-  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, state.pos_b[:, None], (0, state.slot))
+  """One decode step: writes every row's pending token at ``slot`` -> logits [b, v].
+
+  Writes go round the cache (slot modulo its length). The sampler lets a decode do so
+  only on a packed state (every row ending at ``slot``) whose rows each fit in the
+  cache with their budget: then a wrapped write lands on a slot of a row that is done
+  (or on padding), never on the history of a row still decoding.
+  """
+  at = state.slot % state.valid_bs.shape[1]
+  valid = jax.lax.dynamic_update_slice(state.valid_bs, state.pending_ok_b[:, None], (0, at))
+  kpos = jax.lax.dynamic_update_slice(state.kpos_bs, state.pos_b[:, None], (0, at))
   hidden, kv = model.hidden(state.pending_b[:, None], positions_bt=state.pos_b[:, None],
                             mask_bts=valid[:, None, :], cache=state.cache,
-                            cache_index=state.slot, key_positions_bs=kpos)
+                            cache_index=at, key_positions_bs=kpos)
   state = state._replace(cache=kv, valid_bs=valid, kpos_bs=kpos,
                          pos_b=state.pos_b + state.pending_ok_b.astype(jnp.int32),
                          slot=state.slot + 1, pending_ok_b=jnp.zeros_like(state.pending_ok_b))
@@ -193,7 +231,8 @@ def decode(graphdef: nnx.GraphDef, params, state: DecodeState, logits_bv: jax.Ar
     key: PRNG key; step i uses ``fold_in(key, i)``.
     temperature, top_p: float32 scalars (traced: no recompile when they change).
     stops: [n_stop] int32 stop ids, -1 padded.
-    max_new: int32 scalar, 1 <= max_new <= num_out.
+    max_new: int32 scalar or [b] per-row budgets, max_new <= num_out; a row with a
+      budget below 1 samples nothing.
     num_out: static output buffer length (the generation-length bucket).
     mode: static sampling choices.
     collect_logits: also return every step's logits (tests only).
@@ -226,7 +265,8 @@ def decode(graphdef: nnx.GraphDef, params, state: DecodeState, logits_bv: jax.Ar
 
   all_logits = jnp.zeros((b, num_out, v), jnp.float32) if collect_logits else None
   carry = (state, jnp.zeros((b, num_out), jnp.int32), jnp.zeros((b, num_out), jnp.float32),
-           jnp.zeros((b,), jnp.int32), jnp.asarray(0, jnp.int32), ~state.live_b, all_logits)
+           jnp.zeros((b,), jnp.int32), jnp.asarray(0, jnp.int32),
+           ~state.live_b | (max_new < 1), all_logits)
   carry = jax.lax.while_loop(cond, body, sample(carry, logits_bv))
   state, toks, lps, counts, steps, _, all_logits = carry
   return state, DecodeOutput(toks, lps, counts, steps, all_logits)

@@ -12,7 +12,10 @@
   continuation span, in chunks of positions, so the full [b, t, v] logits tensor
   is never materialised.
 
-Inputs are left-padded to length buckets (and batch buckets) like the sampler's.
+Inputs are left-padded to length buckets (and batch buckets) like the sampler's, and
+kept within the model's ``max_seq_len`` by the sampler's length policy (``limits``):
+"truncate" drops the first tokens of over-long prompts (scored options and
+continuations are never cut: one that cannot fit raises), "error" raises.
 """
 from __future__ import annotations
 
@@ -60,15 +63,18 @@ def _continuation(graphdef, params, tokens_bt, lengths_b, cont_lengths_b, *, spa
   h = jnp.pad(hidden, ((0, 0), (1, 0), (0, 0)))[:, t - span:t]        # [b, span, d]
   targets = tokens_bt[:, t - span:]                                   # [b, span]
   chunk = min(_CHUNK, span)
-  hc = h.reshape(b, span // chunk, chunk, d).swapaxes(0, 1)
-  tc = targets.reshape(b, span // chunk, chunk).swapaxes(0, 1)
+  n = -(-span // chunk)        # a span clamped to max_seq_len may not divide in chunks
+  h = jnp.pad(h, ((0, 0), (0, n * chunk - span), (0, 0)))
+  targets = jnp.pad(targets, ((0, 0), (0, n * chunk - span)))
+  hc = h.reshape(b, n, chunk, d).swapaxes(0, 1)
+  tc = targets.reshape(b, n, chunk).swapaxes(0, 1)
 
   def one(args):
     h_bcd, t_bc = args
     logp = jax.nn.log_softmax(model.logits(h_bcd), axis=-1)
     return jnp.take_along_axis(logp, t_bc[..., None], axis=-1)[..., 0]
 
-  per_tok = jax.lax.map(one, (hc, tc)).swapaxes(0, 1).reshape(b, span)
+  per_tok = jax.lax.map(one, (hc, tc)).swapaxes(0, 1).reshape(b, n * chunk)[:, :span]
   in_cont = jnp.arange(span)[None] >= (span - cont_lengths_b)[:, None]
   per_tok = jnp.where(in_cont, per_tok, 0.0)
   return per_tok.sum(axis=1), per_tok
@@ -89,7 +95,8 @@ def candidate_logprobs(model, sequences: Sequence[Sequence[int]], candidates, *,
     sequences: ragged token-id lists.
     candidates: [c] ids shared by all rows, or [B, c] per row.
     positions: per row, the index (into the row's tokens) of the token after
-      which the candidates are scored; default: the last token.
+      which the candidates are scored; default: the last token. Truncation (over-long
+      sequences keep their last ``max_seq_len`` tokens) must keep that token.
     mesh: optional mesh (ignored when a Sampler is given).
 
   Returns:
@@ -98,12 +105,17 @@ def candidate_logprobs(model, sequences: Sequence[Sequence[int]], candidates, *,
   s = _sampler(model, mesh)
   n = len(sequences)
   cand = np.broadcast_to(np.asarray(candidates, np.int32), (n, np.shape(candidates)[-1]))
-  t = buckets.length_bucket(max(len(x) for x in sequences))
-  rows = buckets.batch_bucket(n, s._batch_multiple())  # pylint: disable=protected-access
-  tokens, lengths = buckets.left_pad(sequences, t, rows)
   pos = np.array([len(x) - 1 for x in sequences] if positions is None else positions, np.int32)
-  if np.any(pos < 0) or np.any(pos >= lengths[:n]):
+  if np.any(pos < 0) or np.any(pos >= [len(x) for x in sequences]):
     raise ValueError("positions must index into each sequence")
+  fit = s.fit(sequences, what="sequence")
+  pos = pos - np.asarray(fit.dropped, np.int32)
+  if np.any(pos < 0):
+    raise ValueError(f"a scored position lies in the tokens dropped to fit max_seq_len="
+                     f"{s.max_len}: rows {np.flatnonzero(pos < 0)[:5].tolist()}")
+  t = buckets.length_bucket(max(len(x) for x in fit.kept), s.max_len)
+  rows = buckets.batch_bucket(n, s._batch_multiple())  # pylint: disable=protected-access
+  tokens, lengths = buckets.left_pad(fit.kept, t, rows)
   index = np.full((rows,), t - 1, np.int32)
   index[:n] = t - lengths[:n] + pos
   cand_pad = np.zeros((rows, cand.shape[1]), np.int32)
@@ -133,13 +145,23 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     raise ValueError("options must give the same number (>= 1) of options for each prompt")
   if any(len(o) == 0 for row in options for o in row):
     raise ValueError("every option must have at least one token")
-  conv, logits = s.start(prompts, num_samples=k)
   flat = [list(o) for row in options for o in row]
+  longest = max(len(o) for o in flat)
+  if longest >= s.max_len:
+    raise ValueError(f"an option of {longest} tokens leaves no room for its prompt within "
+                     f"max_seq_len={s.max_len}")
+  with s.call_scope():
+    return _options(s, prompts, flat, longest, k)
+
+
+def _options(s: Sampler, prompts, flat: list[list[int]], longest: int, k: int) -> np.ndarray:
+  """``option_logprobs`` on a sampler: one prefill (forked k ways), one scored chunk."""
+  conv, logits = s.start(prompts, num_samples=k, min_free=longest)
   first = np.zeros((conv.batch,), np.int32)
   first[:len(flat)] = [o[0] for o in flat]
   lp_first = np.asarray(jax.device_get(jnp.take_along_axis(
       jax.nn.log_softmax(logits, axis=-1), s._put(first, ("batch",))[:, None], axis=1)))[:, 0]
-  t = buckets.length_bucket(max(len(o) for o in flat))
+  t = buckets.length_bucket(longest, s.max_len - conv.slot)   # start left longest free
   conv = s._ensure_room(conv, t)  # pylint: disable=protected-access
   tokens, lengths = buckets.left_pad(flat, t, conv.batch)
   conv.consumed = True
@@ -176,9 +198,13 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
     raise ValueError("prompts and continuations must be non-empty")
   s = _sampler(model, mesh)
   n = len(prompts)
-  seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-  t = buckets.length_bucket(max(len(x) for x in seqs))
-  span = min(buckets.length_bucket(max(len(c) for c in continuations)), t)  # powers of 2
+  if max(len(c) for c in continuations) >= s.max_len:
+    raise ValueError(f"a continuation of {max(len(c) for c in continuations)} tokens leaves "
+                     f"no room for its prompt within max_seq_len={s.max_len}")
+  fit = s.fit(prompts, reserve=[len(c) for c in continuations])
+  seqs = [p + list(c) for p, c in zip(fit.kept, continuations)]
+  t = buckets.length_bucket(max(len(x) for x in seqs), s.max_len)
+  span = min(buckets.length_bucket(max(len(c) for c in continuations)), t)
   rows = buckets.batch_bucket(n, s._batch_multiple())  # pylint: disable=protected-access
   tokens, lengths = buckets.left_pad(seqs, t, rows)
   cont_len = np.zeros((rows,), np.int32)

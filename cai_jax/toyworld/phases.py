@@ -38,6 +38,7 @@ from cai_jax.data.tokenizer import train_tokenizer
 from cai_jax.models.store import SavedModel
 from cai_jax.toyworld import generator
 from cai_jax.toyworld.corpus import CorpusConfig, build_corpus
+from cai_jax.run import program
 
 _log = logging.getLogger(__name__)
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,6 +99,8 @@ def _read_rows(path: str) -> list[dict]:
 
 
 @gin.configurable
+@program("toy_data",
+         inputs=("constitution_path",))
 def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique: int = 4000,
              n_comparison: int = 4000, blind_spot: str | None = "privacy",
              critique_error_rate: float = 0.1, judge_noise: float = 0.1,
@@ -148,6 +151,8 @@ def data_fingerprint(data_dir: str) -> dict[str, str]:
 
 
 @gin.configurable
+@program("toy_base",
+         inputs=("data_dir", "pretrained?"))
 def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "data",
              pretrained: str | None = "checkpoints/toy_base") -> str:
   """The helpful-only base model: the committed checkpoint if it was trained on exactly
@@ -174,6 +179,8 @@ def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "d
 
 
 @gin.configurable
+@program("toy_helpful_pairs",
+         inputs=("data_dir",))
 def toy_helpful_pairs(workdir: str, *, data_dir: str = "data", n: int = 512,
                       seed: int = 0) -> str:
   """Helpfulness comparisons with ground-truth labels, the toy stand-in for the paper's

@@ -7,6 +7,9 @@ Each checkpoint step is a folder ``<directory>/<step>/`` with two items:
 - ``meta``: a JSON dict, written by ``ocp.JsonCheckpointHandler``: the operative
   gin config, the data-iterator state, the step, anything else JSON-serialisable.
 
+Every finished step gets a checksum manifest (``run.integrity``), verified before a
+restore; a restored state holding NaN or inf is refused.
+
 Policy, all explicit in the constructor: keep the newest ``max_to_keep`` steps,
 save only steps that are multiples of ``save_interval_steps`` (unless forced), and
 write asynchronously. An async ``save`` copies the arrays to the host before it
@@ -36,6 +39,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from cai_jax.run import integrity
 
 _STATE = "state"
 _META = "meta"
@@ -151,7 +156,19 @@ class Checkpointer:
       raise TypeError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
                                  _META: ocp.args.JsonSave(meta)})
+    self._seal()
     return bool(self._manager.save(int(step), args=args, force=force))
+
+  def _seal(self) -> None:
+    """Writes the checksum manifest of every finished step that has none (waits for a
+    pending save first; by the next save it has long finished)."""
+    self._manager.wait_until_finished()
+    if jax.process_index() != 0 or "://" in self.directory:
+      return
+    for step in self._manager.all_steps():
+      folder = os.path.join(self.directory, str(step))
+      if os.path.isdir(folder) and not integrity.has_manifest(folder):
+        integrity.write_manifest(folder)
 
   def restore(self, abstract_state: Any, *, step: int | None = None) -> tuple[Any, dict]:
     """Restores a checkpoint into the shardings of ``abstract_state``.
@@ -179,9 +196,13 @@ class Checkpointer:
       raise ValueError("every leaf of the restore target needs a sharding (use "
                        f"abstract_with_shardings); missing for: {', '.join(missing[:8])}"
                        + (" ..." if len(missing) > 8 else ""))
+    folder = os.path.join(self.directory, str(step))
+    if integrity.has_manifest(folder):
+      integrity.verify_manifest(folder)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target),
                                  _META: ocp.args.JsonRestore()})
     restored = self._manager.restore(step, args=args)
+    integrity.check_finite(restored[_STATE], f"checkpoint {folder}")
     return restored[_STATE], dict(restored[_META] or {})
 
   def restore_metadata(self, step: int | None = None) -> dict:
@@ -200,13 +221,15 @@ class Checkpointer:
     return sorted(int(s) for s in self._manager.all_steps())
 
   def wait(self) -> None:
-    """Blocks until pending async saves are written (re-raises their errors)."""
-    self._manager.wait_until_finished()
+    """Blocks until pending async saves are written (re-raises their errors) and their
+    checksum manifests are written."""
+    self._seal()
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager (idempotent)."""
     if not self._closed:
       self._closed = True
+      self._seal()
       self._manager.close()
 
   def __enter__(self) -> Checkpointer:

@@ -27,6 +27,52 @@ class NonFiniteError(FloatingPointError):
   """Raised when the loss or gradients stop being finite."""
 
 
+class DivergenceError(FloatingPointError):
+  """Raised when training diverged without producing NaN (see ``DivergenceGuard``)."""
+
+
+@gin.configurable
+class DivergenceGuard:
+  """Stops a run that diverged while staying finite.
+
+  Two signs, both seen in practice with a far too large learning rate (the parameter norm
+  jumps by orders of magnitude, then the network is dead: every gradient exactly zero and
+  the loss stuck at its chance value):
+
+  * the parameter norm grows past ``max_norm_growth`` times its value at the run's first
+    step;
+  * the gradient norm is exactly zero for ``zero_grad_steps`` steps in a row. While such a
+    streak lasts no checkpoint is written, so the last one predates it.
+
+  Args:
+    max_norm_growth: allowed growth of the parameter norm (0 disables the check).
+    zero_grad_steps: consecutive all-zero-gradient steps that stop the run (0 disables).
+  """
+
+  def __init__(self, max_norm_growth: float = 100.0, zero_grad_steps: int = 20):
+    self.max_norm_growth, self.zero_grad_steps = max_norm_growth, zero_grad_steps
+    self.first_norm: float | None = None
+    self.zero_streak = 0
+
+  def check(self, step: int, m: dict, last_ckpt: int | None) -> None:
+    """Raises ``DivergenceError`` for the metrics ``m`` of ``step``."""
+    norm, grad = float(m.get("param_norm", 0.0)), float(m.get("grad_norm", 1.0))
+    keep = f"the last checkpoint ({last_ckpt}) is kept"
+    if self.first_norm is None:
+      self.first_norm = max(norm, 1e-6)
+    if self.max_norm_growth and norm > self.max_norm_growth * self.first_norm:
+      raise DivergenceError(
+          f"diverged at step {step}: the parameter norm grew from {self.first_norm:.4g} to "
+          f"{norm:.4g} (more than {self.max_norm_growth:g}x; loss {float(m['loss']):.4g}); "
+          f"lower the learning rate. {keep}")
+    self.zero_streak = self.zero_streak + 1 if grad == 0.0 else 0
+    if self.zero_grad_steps and self.zero_streak >= self.zero_grad_steps:
+      raise DivergenceError(
+          f"diverged at step {step}: the gradients have been exactly zero for "
+          f"{self.zero_streak} steps (loss stuck at {float(m['loss']):.4g}): the model no "
+          f"longer learns (a too large learning rate, or data with nothing to learn). {keep}")
+
+
 def _host(metrics: dict) -> dict:
   return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
 
@@ -36,7 +82,8 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
                checkpointer: Any = None, writer: MetricsWriter | None = None,
                schedule: Callable[[int], float] | None = None, ckpt_every: int = 0,
                log_every: int = 10, data_state: Callable[[], Any] | None = None,
-               metadata: dict | None = None, desc: str = "train") -> TrainState:
+               metadata: dict | None = None, desc: str = "train",
+               guard: DivergenceGuard | None = None) -> TrainState:
   """Runs ``step_fn`` until ``state.step == num_steps``.
 
   Args:
@@ -55,6 +102,7 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
     data_state: returns the data iterator's state to store with checkpoints.
     metadata: extra JSON metadata saved with every checkpoint.
     desc: progress bar label.
+    guard: divergence checks (default: ``DivergenceGuard()`` with its gin bindings).
 
   A batch's ``num_truncated`` (examples cut to fit ``seq_len``, from the loaders) is
   not sent to the device: it is logged as ``data/truncated`` (share of examples cut)
@@ -63,8 +111,10 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
   Raises:
     NonFiniteError: the loss or gradients became NaN/inf; the state was not
       updated and no checkpoint was written after the last good one.
+    DivergenceError: see ``DivergenceGuard``.
   """
   start = int(jax.device_get(state.step))
+  guard = guard if guard is not None else DivergenceGuard()
   cut = _TruncationCount(desc)
   window: list[dict] = []
   t0 = time.perf_counter()
@@ -85,6 +135,7 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
           f"non-finite loss or gradients at step {step + 1} (loss={float(m['loss'])}, "
           f"grad_norm={float(m['grad_norm'])}); the update was not applied and the last "
           f"checkpoint ({checkpointer.latest_step() if checkpointer else None}) is intact")
+    guard.check(step + 1, m, checkpointer.latest_step() if checkpointer else None)
     window.append(m)
     done = step + 1
     bar.update(1)
@@ -97,8 +148,8 @@ def train_loop(*, state: TrainState, step_fn: Callable, batches: Iterator[dict],
         avg["lr"] = float(schedule(done - 1))
       writer.write(done, avg)
       window, t0 = [], time.perf_counter()
-    if checkpointer is not None and ((ckpt_every and done % ckpt_every == 0)
-                                     or done == num_steps):
+    if checkpointer is not None and ((ckpt_every and done % ckpt_every == 0 and
+                                      not guard.zero_streak) or done == num_steps):
       save_checkpoint(checkpointer, state, data_state=data_state, metadata=metadata)
     faults.exit_if_due(done)
   bar.close()

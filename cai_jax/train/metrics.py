@@ -109,11 +109,22 @@ class MetricsWriter:
 
   Non-numeric values are kept in the JSONL only. Writing is synchronous and small;
   call it at the log interval, not every step.
+
+  A resumed run passes ``resume_step`` (the step its state was restored at; 0 for a
+  fresh start): rows a killed attempt logged after that step are dropped, so no row is
+  written twice.
   """
 
-  def __init__(self, logdir: str, *, tensorboard: bool = True):
+  def __init__(self, logdir: str, *, tensorboard: bool = True, resume_step: int | None = None):
     os.makedirs(logdir, exist_ok=True)
     self.jsonl_path = os.path.join(logdir, "metrics.jsonl")
+    self.rows: list[dict] = []
+    if resume_step is not None and os.path.isfile(self.jsonl_path):
+      self.rows = [r for r in _read_rows(self.jsonl_path) if r.get("step", 0) <= resume_step]
+      tmp = self.jsonl_path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in self.rows)
+      os.replace(tmp, self.jsonl_path)
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     self._tb = None
     if tensorboard:
@@ -135,9 +146,15 @@ class MetricsWriter:
         scalars[k] = x
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
+    self.rows.append(row)
     if self._tb is not None and scalars:
       self._tb.write(frame_record(encode_event(time.time(), int(step), scalars)))
       self._tb.flush()
+
+  def logged(self, step: int, prefix: str) -> bool:
+    """True if a row of ``step`` holds a metric whose name starts with ``prefix``."""
+    return any(r.get("step") == step and any(k.startswith(prefix) for k in r)
+               for r in self.rows)
 
   def close(self) -> None:
     self._jsonl.close()
@@ -149,6 +166,18 @@ class MetricsWriter:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _read_rows(path: str) -> list[dict]:
+  """The rows of a metrics file; a line cut by a kill (the last one) is dropped."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        continue
+  return rows
 
 
 def read_jsonl(path: str) -> list[dict]:

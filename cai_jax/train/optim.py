@@ -6,6 +6,8 @@ from typing import Any
 import jax
 import optax
 
+from cai_jax.run.checks import checked
+
 
 def learning_rate_schedule(*, learning_rate: float, total_steps: int, warmup_steps: int = 0,
                            schedule: str = "cosine", end_ratio: float = 0.1) -> optax.Schedule:
@@ -39,6 +41,7 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+@checked("make_optimizer")
 def make_optimizer(*, total_steps: int, learning_rate: float = 3e-4, warmup_steps: int = 0,
                    schedule: str = "cosine", end_ratio: float = 0.1,
                    weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.95,

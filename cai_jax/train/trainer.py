@@ -27,7 +27,7 @@ from cai_jax.models.store import SavedModel, export_hf, save_model
 from cai_jax.sharding import batch_putter
 from cai_jax.train import state as state_lib
 from cai_jax.train.checkpoint import Checkpointer
-from cai_jax.train.loop import train_loop
+from cai_jax.train.loop import DivergenceGuard, train_loop
 from cai_jax.train.metrics import MetricsWriter
 
 _log = logging.getLogger(__name__)
@@ -159,7 +159,11 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
 
   # --- Loop, in stretches between evaluations ---------------------------------------
   stretch = eval_every if (evaluate is not None and eval_every) else schedule.num_steps
-  with MetricsWriter(workdir) as writer, jax.set_mesh(mesh):
+  resumed, guard = int(jax.device_get(state.step)), DivergenceGuard()
+  with MetricsWriter(workdir, resume_step=resumed) as writer, jax.set_mesh(mesh):
+    if (evaluate is not None and resumed and resumed % stretch == 0
+        and not writer.logged(resumed, "eval/")):   # killed between checkpoint and eval
+      writer.write(resumed, evaluate(state.params))
     while (start := int(jax.device_get(state.step))) < schedule.num_steps:
       stop = min(schedule.num_steps, (start // stretch + 1) * stretch)
       state = train_loop(state=state, step_fn=step_fn, batches=batches, num_steps=stop,
@@ -167,7 +171,8 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
                          checkpointer=ckpt, writer=writer, schedule=lr_schedule,
                          ckpt_every=schedule.ckpt_every, log_every=schedule.log_every,
                          data_state=batches.get_state,
-                         metadata={"model_config": init.config.to_dict()}, desc=program)
+                         metadata={"model_config": init.config.to_dict()}, desc=program,
+                         guard=guard)
       if evaluate is not None:
         m = evaluate(state.params)
         writer.write(stop, m)

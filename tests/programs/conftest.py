@@ -80,7 +80,7 @@ def words_tokenizer(tmp_path_factory) -> Tokenizer:
 def lm_config() -> models.ModelConfig:
   """The tiny LM architecture (vocab 320 >= the tokenizer's 300 ids)."""
   return models.ModelConfig(vocab_size=320, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                            d_ff=64, tie_embeddings=True, max_seq_len=128)
+                            d_ff=64, tie_embeddings=True, max_seq_len=512)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import numpy as np
 import optax
 import pytest
 
+from cai_jax.run.integrity import CorruptArtifactError
+
 from cai_jax import constitution as cc
 from cai_jax.data.conversations import write_conversations
 from cai_jax.data.dialogue import HUMAN, Turn
@@ -161,7 +163,15 @@ def test_non_finite_reward_stops_the_run(ppo_inputs, tmp_path):
   pm = SavedModel.open(str(d / "pm" / "model"))
   _, params = pm.load()
   leaves, treedef = jax.tree.flatten(params)
-  leaves[-1] = np.full_like(np.asarray(leaves[-1]), np.nan)   # a NaN parameter in the PM
+  # A NaN parameter is refused when the model is loaded, naming the leaf.
+  nan = list(leaves)
+  nan[-1] = np.full_like(np.asarray(leaves[-1]), np.nan)
+  save_model(str(tmp_path / "nan_pm"), jax.tree.unflatten(treedef, nan), pm.config,
+             kind="scalar", info=dict(pm.info))
+  with pytest.raises(CorruptArtifactError, match="non-finite values .*head_w_d"):
+    SavedModel.open(str(tmp_path / "nan_pm")).load()
+  # Finite but huge head weights overflow the scores to inf during the rollout.
+  leaves[-1] = np.full_like(np.asarray(leaves[-1]), 3e38)
   save_model(str(tmp_path / "bad_pm"), jax.tree.unflatten(treedef, leaves), pm.config,
              kind="scalar", info=dict(pm.info))
   with pytest.raises(FloatingPointError, match="non-finite rollout scores at iteration 0"):

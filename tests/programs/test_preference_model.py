@@ -79,11 +79,16 @@ def test_pm_binary_learns_and_resumes_to_identical_params(run_main, pair_inputs,
   assert evals[-1]["eval/preference/accuracy"] > 0.8 and evals[-1]["eval/pairs"] == 32
   assert 0.0 <= evals[-1]["eval/preference/ece"] <= 1.0
 
-  died = _run(run_main, tmp_path / "resumed", d, lm, fault_after=22)
+  # Die right after step 15: its checkpoint is written (or in flight) and its evaluation
+  # has not run yet. The rerun must log that evaluation, and no row twice.
+  died = _run(run_main, tmp_path / "resumed", d, lm, fault_after=15)
   assert died.returncode == 17, died.stderr[-3000:]
   again = _run(run_main, tmp_path / "resumed", d, lm)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert re.search(r"resumed from step (15|20)\b", again.stderr), again.stderr[-4000:]
+  assert re.search(r"resumed from step (10|15)\b", again.stderr), again.stderr[-4000:]
+  resumed = read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
+  assert [r["step"] for r in resumed] == [r["step"] for r in rows]
+  assert [r["step"] for r in resumed if "eval/loss" in r] == [15, 30]
   saved = same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
   assert saved.kind == "scalar"
   info = saved.info

@@ -16,13 +16,13 @@ def sft_inputs(tmp_path_factory, polite_rude_conversations, words_tokenizer):
   return data, words_tokenizer.path
 
 
-def _run(run_main, workdir, data, tok, *, fault_after=None, steps=8):
+def _run(run_main, workdir, data, tok, *, fault_after=None, steps=8, extra=(), flags=()):
   return run_main(workdir, ["runs/sft.gin", "models/toy_xs.gin"], [
       "sft.model_config=@ModelConfig()", "ModelConfig.vocab_size=320", "ModelConfig.d_model=32",
       "ModelConfig.d_ff=64", f"sft.train_data='{data}'", f"sft.tokenizer_path='{tok}'",
       f"sft.num_steps={steps}", "sft.batch_size=8", "sft.seq_len=40", "sft.ckpt_every=3",
       "sft.log_every=2", "make_optimizer.warmup_steps=2", "make_optimizer.learning_rate=3e-3",
-  ], fault_after=fault_after)
+      *extra], fault_after=fault_after, flags=flags)
 
 
 def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path,
@@ -40,6 +40,9 @@ def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path,
   assert re.search(r"resumed from step [36]\b", again.stderr), again.stderr[-4000:]
 
   saved = same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
+  # metrics rows logged after the last checkpoint by the killed run are not repeated
+  resumed = read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
+  assert [r["step"] for r in resumed] == [2, 4, 6, 8]
   assert saved.kind == "lm"
   assert saved.info["program"] == "sft" and saved.info["num_steps"] == 8
 
@@ -53,3 +56,28 @@ def test_sft_binary_resumes_to_identical_params(run_main, sft_inputs, tmp_path,
   # a finished run is skipped when started again
   skip = _run(run_main, tmp_path / "ref", data, tok)
   assert skip.returncode == 0 and "is complete, skipping" in skip.stderr
+
+
+def test_a_changed_configuration_is_not_resumed(run_main, sft_inputs, tmp_path):
+  """Issue 17 case 1: killed after checkpoint 3, rerun with other data, batch size,
+  sequence length and learning rate: refused, naming them; --restart starts over."""
+  data, tok = sft_inputs
+  other = str(tmp_path / "other.jsonl")
+  with open(data, encoding="utf-8") as f, open(other, "w", encoding="utf-8") as g:
+    g.write("".join(f.readlines()[::2]))
+  died = _run(run_main, tmp_path / "run", data, tok, fault_after=4)
+  assert died.returncode == 17, died.stderr[-3000:]
+  changed = ["sft.batch_size=4", "sft.seq_len=48", "make_optimizer.learning_rate=1e-3",
+             f"sft.train_data='{other}'"]
+  mixed = _run(run_main, tmp_path / "run", data, tok, extra=changed)
+  assert mixed.returncode != 0
+  msg = re.search(r"RunMismatchError: (.*)", mixed.stderr).group(1)
+  for key in ("batch_size", "seq_len", "optimizer", "train_data"):
+    assert f"'{key}'" in msg, msg
+  assert "--restart" in msg
+  assert not os.path.exists(tmp_path / "run" / "model")
+  fresh = _run(run_main, tmp_path / "run", data, tok, extra=changed, flags=["--restart"])
+  assert fresh.returncode == 0, fresh.stderr[-3000:]
+  assert "resumed from step" not in fresh.stderr
+  rows = read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 4, 6, 8]

@@ -37,6 +37,8 @@ from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.rl.ppo import DEFAULT_REFUSAL_MARKERS
 from cai_jax.sampling import Sampler, generate_texts
 from cai_jax.sharding import build_mesh
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 _SETS = ("red_team", "helpful")
@@ -129,6 +131,10 @@ def _summary(rows: list[dict], markers: Sequence[str]) -> dict:
 
 
 @gin.configurable
+@program("judge_eval",
+         inputs=("models", "feedback_model", "red_team_prompts", "helpful_prompts",
+                 "constitution_path", "sl_data", "label_dir"),
+         cosmetic=COSMETIC, marks_done=True)
 def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                feedback_model: str = gin.REQUIRED, red_team_prompts: str = gin.REQUIRED,
                helpful_prompts: str | None = None, constitution_path: str = "constitutions/default.json",

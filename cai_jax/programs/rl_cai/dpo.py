@@ -33,6 +33,8 @@ from cai_jax.sharding import build_mesh
 from cai_jax.train import state as state_lib
 from cai_jax.train import trainer
 from cai_jax.train.optim import make_optimizer
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ def reference_logps(graphdef: nnx.GraphDef, ref_params: Any) -> Callable[[dict],
 
 
 @gin.configurable
+@program("dpo",
+         inputs=("train_data", "policy_model", "tokenizer_path"),
+         cosmetic=COSMETIC, marks_done=True)
 def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin.REQUIRED,
         beta: float = 0.1, tokenizer_path: str | None = None, seq_len: int = 256,
         batch_size: int = 32, num_steps: int = 1000, seed: int = 0,

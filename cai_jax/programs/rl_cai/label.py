@@ -55,6 +55,8 @@ from cai_jax.rl.diagnostics import diagnostics, diagnostics_markdown
 from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.sampling import Sampler, call_seed
 from cai_jax.sharding import build_mesh
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -185,6 +187,10 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
   """Gathers the shards, mixes in helpful pairs, splits, writes the record set and the
   diagnostics; returns the record set folder."""
   rows = shards.read_all()
+  if not rows:
+    raise RuntimeError(f"label_preferences: none of the {num_prompts} prompts gave a pair "
+                       "(the policy's two answers were identical every time); sample with "
+                       "a higher temperature or check the policy model")
   helpful = helpful_pref_rows(helpful_data, max_helpful) if helpful_data else []
   for i, r in enumerate(helpful):
     r["index"] = num_prompts + i
@@ -288,6 +294,10 @@ def _models(policy: SavedModel, feedback: SavedModel, second: SavedModel | None,
 
 
 @gin.configurable
+@program("label_preferences",
+         inputs=("policy_model", "prompts_path", "constitution_path", "feedback_model",
+                 "second_policy_model", "tokenizer_path", "helpful_data"),
+         cosmetic=COSMETIC, marks_done=True)
 def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
                       prompts_path: str | Sequence[str] = gin.REQUIRED,
                       constitution_path: str = gin.REQUIRED,
@@ -339,10 +349,6 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
   out_path = os.path.join(workdir, "records", PREF_DATA)
   if workdir_lib.skip_if_done(workdir, "label_preferences"):
     return out_path
-  if num_principles < 1 or shard_size < 1 or batch_size < 1:
-    raise ValueError("need num_principles >= 1, shard_size >= 1 and batch_size >= 1")
-  if not 0.0 <= eval_fraction < 1.0:
-    raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
   clamp = resolve_clamp(clamp, chain_of_thought)
 
   # --- Inputs, models, the job's spec ---------------------------------------------------

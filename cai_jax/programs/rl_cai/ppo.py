@@ -49,6 +49,8 @@ from cai_jax.train import faults, trainer
 from cai_jax.train.checkpoint import Checkpointer
 from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.optim import make_optimizer
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -143,6 +145,9 @@ def _save(workdir: str, params, policy: SavedModel, tok, rm: SavedModel,
 
 
 @gin.configurable
+@program("ppo",
+         inputs=("policy_model", "reward_model", "prompts", "value_model", "tokenizer_path"),
+         cosmetic=COSMETIC, marks_done=True)
 def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = gin.REQUIRED,
         prompts: str | Sequence[str] = gin.REQUIRED, value_model: str | None = None,
         tokenizer_path: str | None = None, num_iterations: int = 100,
@@ -217,7 +222,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   length = ppo_lib.prompt_length_bucket(prompt_ids, max_new_tokens)
   bar = tqdm.tqdm(total=num_iterations, initial=start, desc="ppo", unit="iter",
                   mininterval=1.0, disable=None)
-  with MetricsWriter(workdir) as writer, jax.set_mesh(mesh):
+  with MetricsWriter(workdir, resume_step=start) as writer, jax.set_mesh(mesh):
     if start == 0:
       _probe(probe, learner, state.train.params, writer, 0)
     for it in range(start, num_iterations):

@@ -35,6 +35,8 @@ from cai_jax.sharding import batch_putter, build_mesh
 from cai_jax.train import state as state_lib
 from cai_jax.train import trainer
 from cai_jax.train.optim import make_optimizer
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ def evaluate_pairs(reward_fn: Callable[[dict], jax.Array], batches: Any,
 
 
 @gin.configurable
+@program("preference_model",
+         inputs=("train_data", "init_model", "eval_data", "tokenizer_path"),
+         cosmetic=COSMETIC, marks_done=True)
 def preference_model(workdir: str, *, train_data: str = gin.REQUIRED,
                      init_model: str = gin.REQUIRED, eval_data: str | None = None,
                      eval_split: str = "train", tokenizer_path: str | None = None,

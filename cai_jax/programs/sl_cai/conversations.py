@@ -20,6 +20,8 @@ from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_conversations, write_conversations
 from cai_jax.data.dialogue import ASSISTANT, Turn, parse_hh
 from cai_jax.data.generated import read_sl_data
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ def _complete_sentences(text: str) -> str | None:
 
 
 @gin.configurable
+@program("sl_conversations",
+         inputs=("sl_data", "helpful_data"), cosmetic=COSMETIC)
 def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
                      helpful_data: str | None = None, helpful_ratio: float = 1.0,
                      skip_malformed: bool = True, trim_truncated: bool = False,
@@ -78,6 +82,11 @@ def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
     initial = r["initial"] if r["revisions"] else answer
     red.append(list(cc.revised_dialogue(tuple(parse_hh(r["prompt"])) + (
         Turn(ASSISTANT, initial),) + tuple(Turn("Revision", t) for t in revisions))))
+  if rows and not red:
+    raise RuntimeError(
+        f"sl_conversations: all {len(rows)} chains of {sl_data} were left out as malformed "
+        "(their final answer is truncated or empty), so there is nothing to fine-tune on; "
+        "raise generate_sl.max_new_tokens, or set sl_conversations.trim_truncated = True")
   helpful: list[list[Turn]] = []
   if helpful_data is not None:
     if helpful_data.endswith(".jsonl"):

@@ -45,6 +45,8 @@ from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import SavedModel
 from cai_jax.sampling import Sampler, call_seed
 from cai_jax.sharding import build_mesh
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -113,9 +115,9 @@ def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[i
     out = sampler.continue_generation(conv, extra, seed=seed, keep_state=True, **kw)
     conv = out.conversation
     for i, ok in enumerate(live):
-      if ok:
+      if ok:   # a row refilled from its last tokens (model length limit) no longer matches
         tokens[i] = out.tokens[i]
-        chains[i].cached = targets[i] + out.tokens[i]
+        chains[i].cached = targets[i] + out.tokens[i] if not out.dropped[i] else None
   fresh = [i for i, ok in enumerate(live) if not ok]
   if fresh:
     whole = len(fresh) == len(chains)   # a full restart keeps the new cache
@@ -124,7 +126,8 @@ def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[i
     conv = out.conversation if whole else conv
     for j, i in enumerate(fresh):
       tokens[i] = out.tokens[j]
-      chains[i].cached = targets[i] + out.tokens[j] if whole else None
+      chains[i].cached = (targets[i] + out.tokens[j]
+                          if whole and not out.dropped[j] else None)
       chains[i].fallbacks += int(prefix_reuse and not planned_fresh)
   return tokens, conv
 
@@ -180,6 +183,14 @@ def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Con
     raise RuntimeError(f"shards in {shards.directory} do not cover the prompts exactly once")
   n_bad = sum(r["malformed"] for r in rows)
   n_fallback = sum(r["fallbacks"] for r in rows)
+  if rows and not any(r["final"].strip() for r in rows):
+    raise RuntimeError(f"generate_sl: every one of the {len(rows)} chains ended in an empty "
+                       f"answer ({n_bad} flagged malformed); the model writes nothing useful "
+                       f"(check generate_sl.model and max_new_tokens; shards are in "
+                       f"{shards.directory})")
+  if n_bad > len(rows) // 2:
+    _log.warning("generate_sl: %d of %d chains are malformed (truncated or empty turns); "
+                 "sl_conversations leaves them out unless trim_truncated", n_bad, len(rows))
   _log.info("generate_sl: %d chains, %d malformed, %d fresh-prefill fallbacks",
             len(rows), n_bad, n_fallback)
   provenance = {"program": "generate_sl", "constitution_hash": const.content_hash,
@@ -195,6 +206,9 @@ def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Con
 
 
 @gin.configurable
+@program("generate_sl",
+         inputs=("model", "prompts_path", "constitution_path", "tokenizer_path"),
+         cosmetic=COSMETIC, marks_done=True)
 def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = gin.REQUIRED,
                 constitution_path: str = gin.REQUIRED, tokenizer_path: str | None = None,
                 num_rounds: int = 4, direct_revision: bool = False, exemplars: bool | int = True,

@@ -33,6 +33,8 @@ from cai_jax.sharding import build_mesh
 from cai_jax.train import state as state_lib
 from cai_jax.train import trainer
 from cai_jax.train.optim import make_optimizer
+from cai_jax.run import program
+from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +99,9 @@ def conversation_batches(convs: list[list[Turn]], tok: Tokenizer, *, seq_len: in
 
 
 @gin.configurable
+@program("sft",
+         inputs=("train_data", "tokenizer_path", "init_model"),
+         cosmetic=COSMETIC, marks_done=True)
 def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str | None = None,
         model_config: models.ModelConfig | None = None, init_model: str | None = None,
         seq_len: int = 256, batch_size: int = 32, num_steps: int = 1000, seed: int = 0,

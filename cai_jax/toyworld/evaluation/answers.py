@@ -30,6 +30,7 @@ from cai_jax.toyworld import generator, oracle, world
 from cai_jax.toyworld.evaluation import skills as skills_lib
 from cai_jax.toyworld.evaluation.report import results_table
 from cai_jax.toyworld.phases import blind_spot_of, read_requests
+from cai_jax.run import program
 
 
 def mean(xs) -> float:
@@ -75,6 +76,8 @@ def greedy_answers(sampler: Sampler, tok, requests: list[generator.Request], *,
 
 
 @gin.configurable
+@program("toy_eval",
+         inputs=("model", "data_dir", "constitution_path"))
 def toy_eval(workdir: str, *, model: str = gin.REQUIRED, data_dir: str = "data",
              label: str = "", max_new_tokens: int = 96, batch_size: int = 64,
              skills: bool = False, seed: int = 0,

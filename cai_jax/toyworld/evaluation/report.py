@@ -8,6 +8,7 @@ import gin
 import numpy as np
 
 from cai_jax import workdir as workdir_lib
+from cai_jax.run import program
 
 
 def _fmt(v) -> str:
@@ -68,6 +69,8 @@ def labels_table(rl_runs: dict[str, tuple[str, str, str]]) -> str:
 
 
 @gin.configurable
+@program("toy_report",
+         inputs=("evals", "rl_runs"))
 def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED,
                rl_runs: dict[str, tuple[str, str, str]] | None = None) -> str:
   """Collects the ``results.json`` of the named eval phases into one table (printed),

@@ -26,6 +26,7 @@ from cai_jax.toyworld.evaluation.report import svg_chart
 from cai_jax.toyworld.evaluation.skills import mean_where
 from cai_jax.toyworld.phases import blind_spot_of, read_requests
 from cai_jax.train.metrics import read_jsonl
+from cai_jax.run import program
 
 
 def _requests_by_text(data_dir: str) -> dict[str, generator.Request]:
@@ -43,6 +44,8 @@ def _utilities(req: generator.Request, row: dict) -> tuple[float, float]:
 
 
 @gin.configurable
+@program("toy_label_eval",
+         inputs=("pref_data", "data_dir"))
 def toy_label_eval(workdir: str, *, pref_data: str = gin.REQUIRED,
                    data_dir: str = "data") -> dict:
   """How often the AI labels agree with the oracle, on pairs whose oracle utilities differ.
@@ -108,6 +111,8 @@ def _heldout_metrics(reward: RewardModel, held: list[dict], by_text: dict) -> di
 
 
 @gin.configurable
+@program("toy_pm_eval",
+         inputs=("pm_model", "pref_data", "data_dir"))
 def toy_pm_eval(workdir: str, *, pm_model: str = gin.REQUIRED, pref_data: str = gin.REQUIRED,
                 data_dir: str = "data", seq_len: int = 192, batch_size: int = 16,
                 seed: int = 0) -> dict:
@@ -171,6 +176,8 @@ def toy_probe(*, data_dir: str = "data", n: int = 96, max_new_tokens: int = 96,
 
 
 @gin.configurable
+@program("toy_overoptimisation",
+         inputs=("runs",))
 def toy_overoptimisation(workdir: str, *, runs: dict[str, str] = gin.REQUIRED) -> dict:
   """The proxy (PM score) and the truth (oracle utility) on the probe set over PPO
   iterations, for one or more PPO runs ({label: ppo workdir}): ``overoptimisation.md``
