@@ -153,7 +153,8 @@ def _mismatch(workdir: str, name: str, ident: dict, old: dict | None) -> None:
   if on_mismatch.get() == "restart":
     _log.warning("%s: %s holds a run of another configuration (differs in %s): clearing it "
                  "and starting over", name, workdir, diff)
-    clear(workdir)
+    if jax.process_index() == 0:
+      clear(workdir)
     return
   raise RunMismatchError(
       f"{name}: {workdir} holds a run of another configuration (differs in {diff}); use a "
