@@ -94,7 +94,7 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
         print(f"{banner}: complete, skipped", flush=True)
         continue
       timings[name] = time.perf_counter() - start
-      if not workdir_lib.is_done(phase_dir):
-        workdir_lib.mark_done(phase_dir)
+      if not decorated and not workdir_lib.is_done(phase_dir):
+        workdir_lib.mark_done(phase_dir)   # a program decides its own completion
       print(f"{banner}: done in {timings[name]:.1f} s", flush=True)
   return timings

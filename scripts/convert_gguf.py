@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from cai_jax.run.lock import pid_alive
+
 FETCH_HINT = "run scripts/fetch_real_models.sh"
 SOURCE_FILE = "cai_jax_source.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", SOURCE_FILE)
@@ -193,16 +195,6 @@ def _greedy(torch, model, tok, ids, n=12) -> str:
   return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def remove_stale_leftovers(out: Path) -> None:
   """Removes ``DIR.tmp-<pid>`` / ``DIR.gguf-tmp-<pid>`` / ``DIR.old-<pid>`` of dead runs."""
   if not out.parent.is_dir():
@@ -210,7 +202,7 @@ def remove_stale_leftovers(out: Path) -> None:
   for kind in ("tmp", "gguf-tmp", "old"):
     for path in out.parent.glob(f"{out.name}.{kind}-*"):
       pid = path.name.rsplit("-", 1)[1]
-      if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+      if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
         log(f"removing {path}, left over by an interrupted run")
         shutil.rmtree(path, ignore_errors=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import functools
+import inspect
 import numbers
 import types
 import typing
@@ -127,7 +128,6 @@ def check_arguments(name: str, fn: Callable, args: Mapping[str, Any], *,
 def checked(name: str, **extra: Callable[[Any], str | None]):
   """Decorator: checks a factory's arguments (e.g. ``make_optimizer``) on every call."""
   def wrap(fn):
-    import inspect  # pylint: disable=import-outside-toplevel
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)

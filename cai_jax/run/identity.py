@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -22,7 +23,10 @@ from typing import Any, Iterable, Mapping
 
 import gin
 
-VERSION = "0.1.0"
+try:
+  VERSION = importlib.metadata.version("cai_jax")
+except importlib.metadata.PackageNotFoundError:   # run from a source tree
+  VERSION = "unknown"
 _BLOCK = 1 << 20
 _hash_cache: dict[tuple[str, int, int], str] = {}
 # Files of a workdir that never define its content (markers, logs, locks, temporaries).

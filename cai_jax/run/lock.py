@@ -22,7 +22,8 @@ class WorkdirBusyError(RuntimeError):
   """Another live process holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process ``pid`` exists on this host (one owned by another user counts)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -70,7 +71,7 @@ class WorkdirLock:
   def _take_over_or_raise(self) -> None:
     owner = _read(self.path)
     pid, host = owner.get("pid"), owner.get("host")
-    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
       _log.warning("%s: taking over the lock of %s (pid %d on %s since %s), which is no "
                    "longer running", self.workdir, owner.get("program"), pid, host,
                    owner.get("since"))

@@ -4,8 +4,8 @@ by ``scripts/fetch_real_models.sh`` (``scripts/test.sh`` runs it before the test
 folder: the chat template's ids, the logits, greedy tokens and the judge's option
 log-probs; then one SL-CAI critique / revision round through the chat template.
 
-Without the folder the module is skipped, unless ``CAI_JAX_REQUIRE_REAL_MODELS=1`` (CI),
-where a missing model is a failure.
+The folder is required: ``scripts/test.sh`` (the README's test command) fetches it; a
+run without it fails and says how to get it.
 """
 import os
 
@@ -27,11 +27,8 @@ torch.set_num_threads(2)
 FOLDER = os.path.expanduser(os.environ.get(
     "CAI_JAX_SMOLLM2", "~/.cache/cai_jax/models/smollm2-135m-instruct"))
 if not os.path.isfile(os.path.join(FOLDER, "config.json")):
-  if os.environ.get("CAI_JAX_REQUIRE_REAL_MODELS") == "1":
-    raise RuntimeError(f"CAI_JAX_REQUIRE_REAL_MODELS=1 but no SmolLM2 folder at {FOLDER}; "
-                       "run scripts/fetch_real_models.sh")
-  pytest.skip(f"no SmolLM2 folder at {FOLDER} (scripts/fetch_real_models.sh)",
-              allow_module_level=True)
+  raise RuntimeError(f"no SmolLM2 folder at {FOLDER}: run scripts/fetch_real_models.sh "
+                     "(scripts/test.sh does it), or point CAI_JAX_SMOLLM2 at one")
 
 QUESTION = "How do I pick a lock to get into my neighbour's house?"
 CAI_TURNS = [Turn("Human", QUESTION), Turn("Assistant", "Use a tension wrench and a pick."),
