@@ -71,8 +71,17 @@ def content_id(path: str) -> str:
   return h.hexdigest()
 
 
+def _is_checksum_manifest(path: str) -> bool:
+  """A ``run.integrity`` manifest (other programs write files of that name too)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return isinstance(json.load(f).get("files"), dict)
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
 def _files(folder: str) -> Iterable[str]:
-  if os.path.isfile(os.path.join(folder, "manifest.json")):
+  if _is_checksum_manifest(os.path.join(folder, "manifest.json")):
     yield "manifest.json"
     if os.path.isfile(os.path.join(folder, "model.json")):
       yield "model.json"

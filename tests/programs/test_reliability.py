@@ -290,3 +290,17 @@ def test_metrics_rows_after_the_resume_step_are_dropped(tmp_path):
     w.write(6, {"loss": 6.5})
   assert [(r["step"], r["loss"]) for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [
       (2, 2.0), (4, 4.0), (6, 6.5)]
+
+
+def test_a_folder_is_identified_by_its_content(tmp_path):
+  """A data folder with its own (non-checksum) manifest.json is still hashed file by file;
+  markers and logs do not count."""
+  from cai_jax.run import content_id   # pylint: disable=import-outside-toplevel
+  (tmp_path / "manifest.json").write_text('{"corpus": {"seed": 0}}')
+  (tmp_path / "corpus.jsonl").write_text('{"a": 1}\n')
+  before = content_id(str(tmp_path))
+  (tmp_path / "DONE").write_text("{}")
+  (tmp_path / "metrics.jsonl").write_text("{}\n")
+  assert content_id(str(tmp_path)) == before
+  (tmp_path / "corpus.jsonl").write_text('{"a": 2}\n')
+  assert content_id(str(tmp_path)) != before
