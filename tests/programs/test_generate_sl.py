@@ -149,6 +149,39 @@ def test_prefix_reuse_matches_reprefill_greedy(inputs, tmp_path):
   assert 0 < sum(r["fallbacks"] for r in reuse) < 4 * len(PROMPTS)
 
 
+def test_latest_context_critiques_only_the_latest_revision(inputs, tmp_path):
+  """context='latest': round r > 0 sees the request and the previous revision as the
+  answer. Reference: each turn re-sampled greedily from the template prompt built by hand."""
+  from cai_jax.data.dialogue import Turn
+  from cai_jax.sampling import Sampler
+  kw = dict(temperature=0.0, exemplars=False, num_rounds=3)
+  full = read_sl_data(_run(tmp_path / "full", inputs, **kw))
+  latest = read_sl_data(_run(tmp_path / "latest", inputs, context="latest", **kw))
+  const = cc.load_constitution(inputs["constitution_path"])
+  tok = Tokenizer.load(models.store.SavedModel.open(inputs["model"]).info["tokenizer_path"])
+  sampler = Sampler(*models.store.SavedModel.open(inputs["model"]).load())
+
+  def greedy(prompt):
+    out = sampler.generate([prompt.token_ids(tok)], max_new_tokens=8, temperature=0.0,
+                           stop_tokens=tok.stop_ids)
+    return tok.decode_generated(out.tokens[0])
+
+  for f, r in zip(full, latest):
+    assert r["initial"] == f["initial"]           # round 0 is the same exercise
+    assert r["critiques"][0] == f["critiques"][0] and r["revisions"][0] == f["revisions"][0]
+    principles = {p.id: p for p in const.critique_principles}
+    for rnd in (1, 2):
+      p = principles[r["principle_ids"][rnd]]
+      conv = (Turn(HUMAN, PROMPTS[r["index"]]), Turn(ASSISTANT, r["revisions"][rnd - 1]))
+      crit = cc.critique_prompt(conv, p)
+      assert r["critiques"][rnd] == greedy(crit)
+      assert r["revisions"][rnd] == greedy(cc.revision_prompt(
+          crit.conversation(r["critiques"][rnd]), p))
+  assert any(r["revisions"][1:] != f["revisions"][1:] for f, r in zip(full, latest))
+  with pytest.raises(ValueError, match="context"):
+    _run(tmp_path / "bad", inputs, context="last")
+
+
 def test_sl_conversations_mix(inputs, reference, tmp_path):
   helpful = _run(tmp_path / "helpful", inputs, num_rounds=0)
   assert all(r["final"] == r["initial"] for r in read_sl_data(helpful))

@@ -134,13 +134,18 @@ def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[i
 
 def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
                     num_rounds: int, direct: bool, exemplars: Sequence[cc.Exemplar],
-                    prefix_reuse: bool, seed: int, **kw) -> int:
+                    prefix_reuse: bool, seed: int, context: str = "full", **kw) -> int:
   """Runs every step of a batch of chains in place; returns generated tokens."""
   conv, total = None, 0
   for s, (kind, rnd) in enumerate(_steps(num_rounds, direct)):
+    opens_round = rnd > 0 and kind == ("revision" if direct else "critique")
+    if context == "latest" and opens_round:   # the latest revision becomes the answer
+      for c in chains:
+        c.conversation = cc.revised_dialogue(c.conversation)
     prompts = [_step_prompt(c, kind, rnd, direct, exemplars) for c in chains]
     targets = [p.token_ids(tok) for p in prompts]
-    planned = s == 0 or (s == 1 and bool(exemplars))   # exemplars precede turn 1 on
+    planned = (s == 0 or (s == 1 and bool(exemplars))   # exemplars precede turn 1 on
+               or (context == "latest" and opens_round))
     tokens, conv = _run_step(sampler, conv, chains, targets, eos=tok.eos_id,
                              planned_fresh=planned, prefix_reuse=prefix_reuse,
                              seed=call_seed(seed, s), **kw)
@@ -160,7 +165,8 @@ def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
 
 def _shard_rows(sampler: Sampler, tok: Tokenizer, const: cc.Constitution, prompts: list,
                 items: range, *, num_rounds: int, direct: bool, exemplars, prefix_reuse: bool,
-                seed: int, shard: int, batch_size: int, bar, counter: dict, **kw) -> list[dict]:
+                seed: int, shard: int, batch_size: int, bar, counter: dict, context: str,
+                **kw) -> list[dict]:
   """Generates the chains of one shard's prompts, in sampler batches; returns its rows."""
   chains = [_Chain(i, *prompts[i], cc.sample_critique_principles(
       const, seed=seed, prompt_index=i, num_rounds=num_rounds)) for i in items]
@@ -168,7 +174,7 @@ def _shard_rows(sampler: Sampler, tok: Tokenizer, const: cc.Constitution, prompt
     batch = chains[b:b + batch_size]
     counter["tokens"] += _generate_batch(sampler, tok, batch, num_rounds=num_rounds,
                                          direct=direct, exemplars=exemplars,
-                                         prefix_reuse=prefix_reuse,
+                                         prefix_reuse=prefix_reuse, context=context,
                                          seed=call_seed(seed, shard, b), **kw)
     bar.update(len(batch))
     bar.set_postfix(tok_s=f"{counter['tokens'] / (time.perf_counter() - counter['t0']):.0f}")
@@ -211,7 +217,8 @@ def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Con
          cosmetic=COSMETIC, marks_done=True)
 def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = gin.REQUIRED,
                 constitution_path: str = gin.REQUIRED, tokenizer_path: str | None = None,
-                num_rounds: int = 4, direct_revision: bool = False, exemplars: bool | int = True,
+                num_rounds: int = 4, direct_revision: bool = False, context: str = "full",
+                exemplars: bool | int = True,
                 max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                 seed: int = 0, shard_size: int = 256, batch_size: int = 64,
                 max_prompts: int | None = None, max_shards: int | None = None,
@@ -227,6 +234,11 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
     tokenizer_path: default: the model's tokenizer.
     num_rounds: critique -> revision rounds (0: initial answers only).
     direct_revision: revise without critiques (the paper's ablation).
+    context: what a later round sees. ``'full'`` (the paper's chain): every earlier turn,
+      the KV cache carried along. ``'latest'``: the request and the latest revision as the
+      assistant's answer, so every round is one critique -> revision exercise on the
+      current answer and the chain's length stays bounded (for models whose context
+      window the full chain outgrows; each round is prefilled afresh).
     exemplars: prepend the constitution's few-shot critique exemplars (True: all of them;
       a number: the first that many; False or 0: none).
     max_new_tokens, temperature, top_p: sampling of every turn.
@@ -243,6 +255,8 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
     return out_path
   if num_rounds < 0 or shard_size < 1 or batch_size < 1:
     raise ValueError("need num_rounds >= 0, shard_size >= 1 and batch_size >= 1")
+  if context not in ("full", "latest"):
+    raise ValueError(f"generate_sl.context must be 'full' or 'latest', got {context!r}")
 
   # --- Inputs and the job's spec -------------------------------------------------------
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
@@ -252,7 +266,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
   tok = saved.tokenizer(tokenizer_path)
   spec = {"model": saved.path, "prompts_sha256": sha256_file(prompts_path),
           "num_prompts": len(prompts), "constitution_hash": const.content_hash,
-          "num_rounds": num_rounds, "direct_revision": direct_revision,
+          "num_rounds": num_rounds, "direct_revision": direct_revision, "context": context,
           "exemplars": exemplars, "max_new_tokens": max_new_tokens,
           "temperature": temperature, "top_p": top_p, "seed": seed,
           "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse}
@@ -277,7 +291,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
         sampler, tok, const, prompts, shards.items(s), num_rounds=num_rounds,
         direct=direct_revision, exemplars=cc.first_exemplars(const.critique_exemplars, exemplars),
         prefix_reuse=prefix_reuse, seed=seed, shard=s, batch_size=batch_size, bar=bar,
-        counter=counter, max_new_tokens=max_new_tokens, temperature=temperature,
+        counter=counter, context=context, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, stop_tokens=tok.stop_ids))
   bar.close()
   return _write_sl_data(workdir, shards, len(prompts), const, spec, prompts_path)
