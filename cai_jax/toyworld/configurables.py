@@ -8,3 +8,4 @@ import cai_jax.toyworld.evaluation.answers  # noqa: F401
 import cai_jax.toyworld.evaluation.report  # noqa: F401
 import cai_jax.toyworld.evaluation.rl  # noqa: F401
 import cai_jax.toyworld.phases  # noqa: F401
+import cai_jax.toyworld.seeds  # noqa: F401
