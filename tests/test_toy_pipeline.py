@@ -12,11 +12,15 @@ from cai_jax.train.metrics import read_jsonl
 SMALL = [
     "toy_data.n_dialogues=300", "toy_data.n_critique=150", "toy_data.n_comparison=150",
     "toy_data.vocab_size=500", "toy_data.n_red_team=16", "toy_data.n_helpful=16",
+    "toy_data.n_red_team_rl=16",
     "toy_data.n_eval=24", "ModelConfig.vocab_size=512", "ModelConfig.d_model=48",
     "ModelConfig.n_layers=2", "ModelConfig.d_ff=96", "toy_base.pretrained=None",
     "base/sft.num_steps=40", "base/make_optimizer.warmup_steps=5", "base/sft.batch_size=8",
     "base/sft.seq_len=256",
     "base/sft.ckpt_every=15", "base/sft.log_every=5", "base/toy_eval.max_new_tokens=24",
+    "toy_data.n_feedback=48", "toy_feedback.pretrained=None", "feedback/sft.num_steps=3",
+    "feedback/sft.batch_size=4", "feedback/sft.seq_len=256", "feedback/sft.ckpt_every=3",
+    "feedback/toy_eval.max_new_tokens=8",
     "generate_sl.max_new_tokens=12", "generate_sl.shard_size=8", "generate_sl.batch_size=8",
     "sl/generate_sl.num_rounds=2", "sl_conversations.skip_malformed=False",
     "sl/sft.num_steps=6", "sl/sft.batch_size=4", "sl/sft.seq_len=96", "sl/sft.ckpt_every=3",
@@ -51,6 +55,11 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert sl["n_harmful"] + sl["n_benign"] == 24
   info = json.loads((tmp_path / "exp" / "base" / "model" / "model.json").read_text())["info"]
   assert len(info["corpus_sha256"]) == 64  # the data fingerprint is recorded
+  fb = json.loads((tmp_path / "exp" / "feedback" / "model" / "model.json").read_text())["info"]
+  assert {"corpus_sha256", "feedback_sha256", "tokenizer_sha256",
+          "init_manifest_sha256"} <= set(fb)   # the feedback model's fingerprint
+  assert "judge_accuracy" in json.loads(
+      (tmp_path / "exp" / "eval_feedback" / "results.json").read_text())
   # RL-CAI: labels with diagnostics, a PM evaluated on held-out labels, PPO with probes
   diag = json.loads((tmp_path / "exp" / "label" / "diagnostics.json").read_text())
   assert diag["summary"]["num_helpful"] == 8 and "swap_flip_rate" in diag["diagnostics"]
@@ -69,4 +78,4 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert (tmp_path / "exp" / "overoptimisation" / "overoptimisation.svg").exists()
   again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0
-  assert again.stdout.count("complete, skipped") == 18  # all but the report
+  assert again.stdout.count("complete, skipped") == 20  # all but the report
