@@ -29,6 +29,7 @@ from cai_jax.data import packing
 from cai_jax.data.dialogue import ASSISTANT, Turn, parse_hh
 from cai_jax.data.records import to_text
 from cai_jax.data.tokenizer import Tokenizer
+from cai_jax.sampling import buckets
 
 DEFAULT_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
 
@@ -187,17 +188,43 @@ class EncodePair:
             "num_truncated": np.int32(sum(r["num_truncated"] for r in rows))}
 
 
+@dataclasses.dataclass(frozen=True)
+class TrimPairs:
+  """Cuts a batch of pairs to ``buckets.train_bucket`` of its longest response end.
+
+  Columns after the last ``loss_mask`` 1 of every row are padding (or tokens that no loss
+  reads): under causal attention neither the pair's summed log-probs nor the score read
+  at the end-of-turn token depend on them, so the cut changes no number, only the cost.
+  """
+
+  seq_len: int
+
+  def __call__(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    used = np.flatnonzero(np.any(np.asarray(batch["loss_mask"]) > 0, axis=(0, 1)))
+    end = int(used[-1]) + 1 if used.size else 1
+    n = buckets.train_bucket(end, self.seq_len)
+    return {k: (v[..., :n] if k in ("tokens", "loss_mask") else v) for k, v in batch.items()}
+
+
 def preference_loader(source: Sequence[Any], tokenizer: Tokenizer, *, seq_len: int,
                       batch_size: int, seed: int = 0, shuffle: bool = True,
                       num_epochs: int | None = None,
                       shard_options: grain.sharding.ShardOptions | None = None,
-                      read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
-  """Batches of preference pairs: ``tokens``/``loss_mask`` [b, 2, seq_len] (index 0 =
+                      read_options: grain.ReadOptions | None = None,
+                      trim: bool | None = None) -> grain.IterDataset:
+  """Batches of preference pairs: ``tokens``/``loss_mask`` [b, 2, L] (index 0 =
   chosen), ``p_chosen`` [b] (probability the first is preferred), ``num_truncated`` [b].
+
+  ``L`` is ``seq_len``, or with ``trim`` the shortest ``buckets.train_bucket`` that holds
+  the batch's longest response (``TrimPairs``; same losses, less padding). ``trim``
+  defaults to on in a single process only: processes reading different shards would
+  disagree on ``L``.
 
   Args: as ``dialogue_loader``; records follow ``builders.preference_features``.
   """
   ds = examples(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                 shard_options=shard_options).map(EncodePair(tokenizer, seq_len))
   ds = ds.batch(batch_size, drop_remainder=True)
+  if trim if trim is not None else jax.process_count() == 1:
+    ds = ds.map(TrimPairs(seq_len))
   return ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)

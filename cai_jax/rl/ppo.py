@@ -242,7 +242,8 @@ class PPOLearner:
   def rollout(self, params: dict[str, Any], prompt_ids: Sequence[Sequence[int]],
               requests: Sequence[Sequence[Turn]], iteration: int, beta: jax.Array,
               length: int) -> Rollout:
-    """Samples, scores and computes advantages for one iteration's prompts."""
+    """Samples, scores and computes advantages for one iteration's prompts; ``length``
+    bounds the rows (the rollout uses the shortest ``buckets.train_bucket`` that fits)."""
     cfg, tok = self.cfg, self.tok
     t0 = time.perf_counter()
     out = self.sampler(params).generate(
@@ -253,7 +254,11 @@ class PPOLearner:
     answers = [tok.decode_generated(t) for t in out.tokens]
     truncated = np.array([not set(tok.stop_ids) & set(t) for t in out.tokens])
     kept = [p[d:] for p, d in zip(prompt_ids, out.dropped)]   # over-long prompts are cut
-    batch = rollout_arrays(kept, out.tokens, length, cfg.rollout_batch, tok.pad_id)
+    # Rows as long as this rollout needs (``length`` is the bound): right padding is exact
+    # under causal attention, and every padded column costs in scoring and in each step.
+    need = max(len(p) + len(t) for p, t in zip(kept, out.tokens))
+    batch = rollout_arrays(kept, out.tokens, buckets.train_bucket(need, length),
+                           cfg.rollout_batch, tok.pad_id)
     batch.update(self.reward.arrays(requests, answers, cfg.rollout_batch))
     dev = self._put_rollout(batch)
     scored = self._score(params, self.ref_params, self.reward.params, dev)
@@ -303,5 +308,5 @@ class PPOLearner:
 
 
 def prompt_length_bucket(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> int:
-  """The fixed rollout row length: the longest prompt plus the answer budget, bucketed."""
+  """The longest rollout row: the longest prompt plus the answer budget, bucketed."""
   return buckets.length_bucket(max(len(p) for p in prompt_ids) + max_new_tokens)

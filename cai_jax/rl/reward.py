@@ -56,7 +56,7 @@ class RewardModel:
   def arrays(self, requests: Sequence[Request], answers: Sequence[str],
              rows: int) -> dict[str, np.ndarray]:
     """The model's input for ``answers``: ``pm_tokens`` [rows, L] (right-padded, L a
-    length bucket) and ``pm_mask`` (1 on each answer turn's tokens; the score is read at
+    ``buckets.train_bucket``) and ``pm_mask`` (1 on each answer turn's tokens; the score is read at
     the last 1). Rows past ``len(answers)`` are padding."""
     encoded = []
     for req, ans in zip(requests, answers):
@@ -64,7 +64,7 @@ class RewardModel:
       if self.max_len is not None:
         ids, mask = packing.keep_end(np.asarray(ids), np.asarray(mask), self.max_len)
       encoded.append((ids, mask))
-    length = buckets.length_bucket(max(len(ids) for ids, _ in encoded))
+    length = buckets.train_bucket(max(len(ids) for ids, _ in encoded))
     tokens = np.full((rows, length), self.tokenizer.pad_id, np.int32)
     mask = np.zeros((rows, length), np.float32)
     for i, (ids, m) in enumerate(encoded):

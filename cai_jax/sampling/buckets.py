@@ -40,6 +40,18 @@ def length_bucket(n: int, room: int | None = None) -> int:
   return b if room is None or b <= room else max(room, n)
 
 
+def train_bucket(n: int, cap: int | None = None) -> int:
+  """Row length of a training or scoring batch whose longest row has ``n`` tokens.
+
+  A power of two up to 128, then a multiple of 32: right padding costs compute in every
+  layer, so a batch of 139-token rows gets 160 columns rather than 256, at the price of a
+  few more executables. ``cap`` (a fixed length the caller would otherwise use) bounds it,
+  never below ``n``.
+  """
+  b = pow2_at_least(n, MIN_LENGTH) if n <= 128 else int(math.ceil(n / 32) * 32)
+  return b if cap is None else max(int(n), min(b, int(cap)))
+
+
 def cache_bucket(n: int) -> int:
   """Cache-length bucket: a power of two up to 128, then a multiple of 64.
 

@@ -25,7 +25,7 @@ from cai_jax.programs.rl_cai.preference_model import preference_model
 from cai_jax.programs.sl_cai.sft import sft
 from cai_jax.rl import ppo as ppo_lib
 from cai_jax.rl.reward import RewardModel
-from cai_jax.sampling import Sampler
+from cai_jax.sampling import Sampler, buckets
 from cai_jax.train.metrics import read_jsonl
 
 
@@ -74,6 +74,42 @@ def test_rollout_arrays_align_with_the_sampler(ppo_inputs, words):
   for i, lps in enumerate(out.logprobs):   # the sampler's own base-model log-probs
     got = np.asarray(logp[i])[arr["mask"][i] > 0]
     np.testing.assert_allclose(got, lps, atol=2e-5)
+
+
+def test_trimmed_rollout_equals_the_padded_one(ppo_inputs, words):
+  """A rollout's rows are as long as it needs (``buckets.train_bucket``), not the longest
+  prompt plus the whole budget: old/reference log-probs, values, PM scores, advantages
+  and returns equal those of the same rollout padded to the full length."""
+  d, lm, tok_path = ppo_inputs
+  tok = Tokenizer.load(tok_path)
+  graphdef, params = SavedModel.open(lm).load()
+  sgraph, sparams = SavedModel.open(str(d / "sft" / "model")).load()
+  vgraph, vparams = SavedModel.open(str(d / "pm" / "model")).load()
+  rm = RewardModel(vgraph, vparams, tok, batch_size=4)
+  reqs = [(Turn(HUMAN, f"{w}?"),) for w in words[:4]]
+  prompts = [cc.initial_prompt(f"{w}?").token_ids(tok) for w in words[:4]]
+  out = Sampler(sgraph, sparams).generate(prompts, max_new_tokens=8, temperature=1.0,
+                                          seed=5, stop_tokens=[tok.eos_id])
+  need = max(len(p) + len(t) for p, t in zip(prompts, out.tokens))
+  short = buckets.train_bucket(need, 96)
+  assert short < 96
+  graphdefs = {"policy": graphdef, "value": vgraph, "reward": vgraph}
+  res = {}
+  for length in (short, 96):
+    batch = ppo_lib.rollout_arrays(prompts, out.tokens, length, 4, tok.pad_id)
+    batch.update(rm.arrays(reqs, [tok.decode_generated(t) for t in out.tokens], 4))
+    sc = ppo_lib.score_rollout(graphdefs, {"policy": sparams, "value": vparams}, params,
+                               vparams, batch)
+    adv = ppo_lib.advantages(sc["score"], sc["logp"], sc["ref_logp"], sc["values"],
+                             batch["mask"], beta=0.1, estimator="k1", gamma=1.0, lam=0.95,
+                             whiten=True)
+    m = batch["mask"] > 0
+    res[length] = {"score": np.asarray(sc["score"]), "kl": np.asarray(adv["kl_seq"]),
+                   **{k: np.asarray(v)[m] for k, v in {**sc, **adv}.items()
+                      if k in ("logp", "ref_logp", "values", "advantages", "returns")}}
+  assert np.ptp(res[96]["score"]) > 1e-3 and np.abs(res[96]["kl"]).max() > 1e-4
+  for k, v in res[96].items():
+    np.testing.assert_allclose(res[short][k], v, rtol=1e-4, atol=1e-4, err_msg=k)
 
 
 def test_pm_sees_its_training_encoding(ppo_inputs, good_bad):
