@@ -50,6 +50,7 @@ def register() -> None:
   import cai_jax.programs.rl_cai.ppo  # noqa: F401
   import cai_jax.programs.rl_cai.preference_model  # noqa: F401
   import cai_jax.programs.sl_cai.conversations  # noqa: F401
+  import cai_jax.programs.sl_cai.fit  # noqa: F401
   import cai_jax.programs.sl_cai.generate  # noqa: F401
   import cai_jax.programs.sl_cai.sft  # noqa: F401
   _registered = True
