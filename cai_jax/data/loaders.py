@@ -225,6 +225,8 @@ def preference_loader(source: Sequence[Any], tokenizer: Tokenizer, *, seq_len: i
   ds = examples(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                 shard_options=shard_options).map(EncodePair(tokenizer, seq_len))
   ds = ds.batch(batch_size, drop_remainder=True)
-  if trim if trim is not None else jax.process_count() == 1:
+  if trim is None:
+    trim = jax.process_count() == 1
+  if trim:
     ds = ds.map(TrimPairs(seq_len))
   return ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
