@@ -56,8 +56,8 @@ class RewardModel:
   def arrays(self, requests: Sequence[Request], answers: Sequence[str],
              rows: int) -> dict[str, np.ndarray]:
     """The model's input for ``answers``: ``pm_tokens`` [rows, L] (right-padded, L a
-    ``buckets.train_bucket``) and ``pm_mask`` (1 on each answer turn's tokens; the score is read at
-    the last 1). Rows past ``len(answers)`` are padding."""
+    ``buckets.train_bucket``) and ``pm_mask`` (1 on each answer turn's tokens; the score
+    is read at the last 1). Rows past ``len(answers)`` are padding."""
     encoded = []
     for req, ans in zip(requests, answers):
       ids, mask = encode_response(self.tokenizer, req, ans)
