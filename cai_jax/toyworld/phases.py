@@ -112,8 +112,14 @@ def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique
              judge_bias: float = 0.3, cot_fraction: float = 0.3,
              vocab_size: int = 1536, n_red_team: int = 2000, n_helpful: int = 2000,
              n_red_team_rl: int = 1000, n_eval: int = 400, n_feedback: int = 16000,
-             constitution_path: str = "constitutions/toy.json") -> str:
-  """Writes the toy world's corpus, tokenizer and prompt sets; returns ``workdir``."""
+             constitution_path: str = "constitutions/toy.json",
+             eval_seed: int | None = None) -> str:
+  """Writes the toy world's corpus, tokenizer and prompt sets; returns ``workdir``.
+
+  ``eval_seed`` draws the held-out evaluation requests (``eval.jsonl``) from another stream
+  than ``seed`` (default: ``seed``), e.g. a fresh draw after the old one was read while
+  the recipe was designed; the corpus, the tokenizer and the training prompts do not move.
+  """
   os.makedirs(workdir, exist_ok=True)
   cfg = CorpusConfig(seed=seed, n_dialogues=n_dialogues, n_critique=n_critique,
                      n_comparison=n_comparison, blind_spot=blind_spot,
@@ -136,13 +142,15 @@ def toy_data(workdir: str, *, seed: int = 0, n_dialogues: int = 6000, n_critique
   write_requests(os.path.join(workdir, "helpful.jsonl"),
                   generator.make_requests(seed + 1, n_helpful, "train", harmful=False))
   write_requests(os.path.join(workdir, "eval.jsonl"),
-                  generator.make_requests(seed, n_eval, "eval", balanced=True))
+                  generator.make_requests(seed if eval_seed is None else eval_seed, n_eval,
+                                          "eval", balanced=True))
   _write_record_sets(workdir, convs, constitution.content_hash)
   manifest = {"corpus": dataclasses.asdict(cfg), "vocab_size": tok.vocab_size,
               "constitution": constitution_path,
               "constitution_hash": constitution.content_hash, "conversations": len(convs),
               "n_red_team": n_red_team, "n_red_team_rl": n_red_team_rl, "n_helpful": n_helpful,
-              "n_eval": n_eval, "n_feedback": n_feedback}
+              "n_eval": n_eval, "eval_seed": seed if eval_seed is None else eval_seed,
+              "n_feedback": n_feedback}
   with open(os.path.join(workdir, "manifest.json"), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2)
   _log.info("toy_data: %d conversations, vocab %d", len(convs), tok.vocab_size)

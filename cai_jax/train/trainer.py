@@ -4,7 +4,9 @@ their loss and the kind of model they train.
 A program builds its data (an iterator of host batches with ``get_state``/``set_state``)
 and a ``ModelInit`` (where the parameters start), then calls ``fit``, which reads top to
 bottom: abstract model -> optimizer -> shardings -> restore or init -> loop (with an
-optional evaluation every ``eval_every`` steps) -> save the model -> mark complete.
+optional evaluation every ``eval_every`` steps, and with ``select`` the evaluated
+parameters that score best kept as ``best_step{N}/``) -> save the model (the last or the
+selected parameters) -> mark complete.
 
 Resume order (``restore_or_init``): the run's own latest checkpoint in
 ``{workdir}/checkpoints`` > the init (a saved model, or a fresh initialisation).
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import shutil
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -34,6 +38,7 @@ _log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 HF_DIR = "hf"
+BEST_FILE = "best.json"
 
 
 def model_dir(workdir: str) -> str:
@@ -114,12 +119,48 @@ def state_layout(mesh: Mesh, abstract_params: Any, param_shardings: Any,
       jax.jit(lambda p: state_lib.create_state(p, optimizer), out_shardings=shardings))
 
 
+def keep_if_best(workdir: str, step: int, metric: str, value: float, params: Any,
+                 init: ModelInit) -> bool:
+  """Saves ``params`` as ``{workdir}/best_step{step}/`` and names it in ``best.json`` when
+  ``value`` is lower than the best so far (then the previous best folder goes); returns
+  whether it did. ``best.json`` is written after the folder is complete, so a killed run
+  never points at a half-written model."""
+  path = os.path.join(workdir, BEST_FILE)
+  best = workdir_lib.read_json(path) if os.path.exists(path) else None
+  if not math.isfinite(value) or (best is not None and (
+      step <= best["step"] or not value < best["value"])):
+    return False
+  folder = f"best_step{step}"
+  save_model(os.path.join(workdir, folder), params, init.config, kind=init.kind,
+             info={"step": step, metric: value})
+  workdir_lib.write_json(path, {"metric": metric, "step": step, "value": value,
+                                "model": folder})
+  if best is not None and best["model"] != folder and jax.process_index() == 0:
+    shutil.rmtree(os.path.join(workdir, best["model"]), ignore_errors=True)
+  return True
+
+
+def selected_params(workdir: str, program: str, select: str, mesh: Mesh, init: ModelInit,
+                    num_steps: int) -> tuple[Any, dict]:
+  """The parameters ``keep_if_best`` kept, and the saved model's info entries naming them."""
+  if not os.path.exists(os.path.join(workdir, BEST_FILE)):
+    raise RuntimeError(f"{program}: select={select!r}: no evaluation gave a finite value")
+  best = workdir_lib.read_json(os.path.join(workdir, BEST_FILE))
+  params = SavedModel.open(os.path.join(workdir, best["model"])).load(
+      mesh=mesh, kind=init.kind)[1]
+  _log.info("%s: keeping step %d (%s %.4f) of %d", program, best["step"], select,
+            best["value"], num_steps)
+  print(f"{program}: step {best['step']} of {num_steps} kept ({select} "
+        f"{best['value']:.4f}, the lowest)", flush=True)
+  return params, {"selected_step": best["step"], "selected_by": {select: best["value"]}}
+
+
 def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
         loss: Callable[[nnx.GraphDef], state_lib.LossFn], batches: Iterator[dict],
         schedule: Schedule, optimizer: Callable, info: Mapping[str, Any],
         prepare: Callable[[dict], dict] | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
-        eval_every: int = 0, hf_export: bool = False) -> str:
+        eval_every: int = 0, select: str | None = None, hf_export: bool = False) -> str:
   """Trains ``init``'s model on ``batches``; returns the saved model folder.
 
   Args:
@@ -137,8 +178,14 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
     evaluate: ``evaluate(params) -> metrics`` run every ``eval_every`` steps (0: only at
       the end) and at the end; logged at that step.
     eval_every: see ``evaluate``.
+    select: an ``evaluate`` metric to minimise (e.g. ``"eval/loss"``): the parameters of
+      the evaluation (every ``eval_every`` steps and the end) where it is lowest become
+      the saved model, instead of the last ones (early stopping on held-out data; ties keep
+      the earlier step). ``{workdir}/best.json`` names the step and its value.
     hf_export: also write the trained LM as a Hugging Face folder ``{workdir}/hf``.
   """
+  if select is not None and evaluate is None:
+    raise ValueError(f"{program}: select={select!r} needs an evaluation (evaluate/eval data)")
   if hf_export and init.kind != "lm":
     raise ValueError(f"{program}: hf_export writes a causal LM; a {init.kind!r} model has "
                      "no Hugging Face export")
@@ -160,10 +207,25 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
   # --- Loop, in stretches between evaluations ---------------------------------------
   stretch = eval_every if (evaluate is not None and eval_every) else schedule.num_steps
   resumed, guard = int(jax.device_get(state.step)), DivergenceGuard()
+
+  def evaluated(step: int, metrics: dict[str, float]) -> None:
+    if select is not None:
+      if select not in metrics:
+        raise KeyError(f"{program}: select={select!r} is not an evaluation metric; it "
+                       f"reports {sorted(metrics)}")
+      keep_if_best(workdir, step, select, float(metrics[select]), state.params, init)
+
   with MetricsWriter(workdir, resume_step=resumed) as writer, jax.set_mesh(mesh):
     if (evaluate is not None and resumed and resumed % stretch == 0
         and not writer.logged(resumed, "eval/")):   # killed between checkpoint and eval
-      writer.write(resumed, evaluate(state.params))
+      m = evaluate(state.params)
+      writer.write(resumed, m)
+      evaluated(resumed, m)
+    elif select is not None and resumed and resumed % stretch == 0:   # killed while keeping
+      best = workdir_lib.read_json(os.path.join(workdir, BEST_FILE)) if os.path.exists(
+          os.path.join(workdir, BEST_FILE)) else None
+      if best is None or best["step"] < resumed:
+        evaluated(resumed, evaluate(state.params))
     while (start := int(jax.device_get(state.step))) < schedule.num_steps:
       stop = min(schedule.num_steps, (start // stretch + 1) * stretch)
       state = train_loop(state=state, step_fn=step_fn, batches=batches, num_steps=stop,
@@ -176,15 +238,20 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
       if evaluate is not None:
         m = evaluate(state.params)
         writer.write(stop, m)
+        evaluated(stop, m)
         _log.info("%s: step %d eval %s", program, stop, {k: round(v, 4) for k, v in m.items()})
   ckpt.close()
 
-  # --- Save the model, mark complete -------------------------------------------------
-  out = save_model(model_dir(workdir), state.params, init.config, kind=init.kind, info={
+  # --- Save the model (the last or the selected parameters), mark complete -------------
+  params, chosen = state.params, {}
+  if select is not None:
+    params, chosen = selected_params(workdir, program, select, mesh, init,
+                                     schedule.num_steps)
+  out = save_model(model_dir(workdir), params, init.config, kind=init.kind, info={
       "program": program, "init_from": init.source, "num_steps": schedule.num_steps,
-      **info})
+      **chosen, **info})
   if hf_export:
-    export_hf(state.params, init.config, os.path.join(workdir, HF_DIR),
+    export_hf(params, init.config, os.path.join(workdir, HF_DIR),
               tokenizer_path=info.get("tokenizer_path"))
   workdir_lib.mark_done(workdir, f"step {schedule.num_steps}\n")
   return out

@@ -81,3 +81,59 @@ def test_bad_arguments_fail_early(polite, random_lm, tmp_path):
       json.dumps({"turns": [{"role": "Assistant", "text": "hi"}]}) + "\n")
   with pytest.raises(Exception, match="no_prompt.jsonl|assistant|prompt"):
     sft_fit(str(tmp_path / "b"), model=random_lm, data=str(tmp_path / "no_prompt.jsonl"))
+
+
+def _params_equal(a, b):
+  import jax
+  pa, pb = SavedModel.open(a).load()[1], SavedModel.open(b).load()[1]
+  return all(bool(jnp.array_equal(x, y)) for x, y in
+             zip(jax.tree.leaves(pa), jax.tree.leaves(pb)))
+
+
+def test_until_fit_takes_the_shortest_schedule_that_fits(polite, random_lm, tmp_path):
+  """A 2-step model does not reproduce the polite openings, the 120-step one does: the gate
+  tries both, stops there (no 240-step run) and its model is exactly the fixture's 120-step
+  SFT model (same data, seed and optimizer)."""
+  import functools
+
+  from cai_jax.programs.sl_cai.fit import sft_until_fit
+
+  def opt(total_steps):
+    del total_steps
+    return optax.adam(3e-3), optax.constant_schedule(3e-3)
+
+  train = functools.partial(sft, seq_len=64, batch_size=8, optimizer=opt, ckpt_every=1000,
+                            log_every=40)
+  out = sft_until_fit(str(tmp_path / "gate"), train=train,
+                      train_data=str(polite / "convs.jsonl"), init_model=random_lm,
+                      schedules=(2, 120, 240), threshold=0.8, fit_n=8, prefix_words=3,
+                      fit_max_new_tokens=12)
+  sched = json.loads((tmp_path / "gate" / "schedule.json").read_text())
+  assert [t["num_steps"] for t in sched["tried"]] == [2, 120]
+  assert sched["tried"][0]["prefix_match"] < 0.8 <= sched["tried"][1]["prefix_match"]
+  assert sched["chosen_steps"] == 120 and sched["passed"] is True
+  assert not (tmp_path / "gate" / "steps240").exists()
+  assert out == str(tmp_path / "gate" / "model")
+  assert _params_equal(out, str(polite / "sft" / "model"))
+  assert SavedModel.open(out).info["schedule"] == {
+      "num_steps": 120, "fit_prefix_match": sched["tried"][1]["prefix_match"], "passed": True}
+  # No schedule reaches an unreachable threshold: the longest is used and flagged.
+  sft_until_fit(str(tmp_path / "never"), train=train, train_data=str(polite / "convs.jsonl"),
+                init_model=random_lm, schedules=(1, 2), threshold=1.0, fit_n=8,
+                prefix_words=3, fit_max_new_tokens=12)
+  never = json.loads((tmp_path / "never" / "schedule.json").read_text())
+  assert [t["num_steps"] for t in never["tried"]] == [1, 2]
+  assert never["chosen_steps"] == 2 and never["passed"] is False
+  assert _params_equal(str(tmp_path / "never" / "model"),
+                       str(tmp_path / "never" / "steps2" / "model"))
+
+
+def test_until_fit_rejects_bad_schedules(polite, random_lm, tmp_path):
+  from cai_jax.programs.sl_cai.fit import sft_until_fit
+  for bad in ((), (4, 4), (0, 2)):
+    with pytest.raises(ValueError, match="strictly increasing"):
+      sft_until_fit(str(tmp_path / "x"), train=sft, train_data=str(polite / "convs.jsonl"),
+                    init_model=random_lm, schedules=bad)
+  with pytest.raises(ValueError, match="threshold"):
+    sft_until_fit(str(tmp_path / "y"), train=sft, train_data=str(polite / "convs.jsonl"),
+                  init_model=random_lm, schedules=(2,), threshold=0.0)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from cai_jax import workdir as workdir_lib
@@ -29,7 +30,7 @@ from cai_jax.data.loaders import preference_loader
 from cai_jax.losses import dpo_loss, dpo_metrics
 from cai_jax.models.scores import pair_logprobs
 from cai_jax.models.store import SavedModel
-from cai_jax.sharding import build_mesh
+from cai_jax.sharding import batch_putter, build_mesh
 from cai_jax.train import state as state_lib
 from cai_jax.train import trainer
 from cai_jax.train.optim import make_optimizer
@@ -68,16 +69,47 @@ def reference_logps(graphdef: nnx.GraphDef, ref_params: Any) -> Callable[[dict],
   return prepare
 
 
+def evaluate_dpo(graphdef: nnx.GraphDef, ref_params: Any, *, beta: float,
+                 batches: Callable[[], Any], put_batch: Callable[[dict], dict]
+                 ) -> Callable[[Any], dict[str, float]]:
+  """``evaluate(params)``: DPO loss and ``dpo_metrics`` of ``params`` over a whole held-out
+  pair set (``batches()`` yields it in a fixed order; the frozen reference's log-probs are
+  computed on the first call and reused)."""
+  logps = jax.jit(lambda p, b: pair_logprobs(graphdef, p, b["tokens"], b["loss_mask"]))
+  ref_cache: list[np.ndarray] = []
+
+  def evaluate(params) -> dict[str, float]:
+    pis, refs, targets = [], [], []
+    for i, batch in enumerate(batches()):
+      dev = put_batch({k: batch[k] for k in ("tokens", "loss_mask")})
+      if i == len(ref_cache):
+        ref_cache.append(np.asarray(jax.device_get(logps(ref_params, dev))))
+      pis.append(np.asarray(jax.device_get(logps(params, dev))))
+      refs.append(ref_cache[i])
+      targets.append(np.asarray(batch["p_chosen"]))
+    if not pis:
+      raise ValueError("dpo: the eval set holds fewer pairs than one batch")
+    pi, ref, t = (jnp.asarray(np.concatenate(x)) for x in (pis, refs, targets))
+    out = {"eval/loss": float(dpo_loss(pi, ref, beta=beta, target=t)),
+           "eval/pairs": float(len(t))}
+    for k, v in dpo_metrics(pi, ref, beta=beta, target=t).items():
+      out["eval/" + k] = float(v)
+    return out
+
+  return evaluate
+
+
 @gin.configurable
 @program("dpo",
-         inputs=("train_data", "policy_model", "tokenizer_path"),
+         inputs=("train_data", "policy_model", "tokenizer_path", "eval_data?"),
          cosmetic=COSMETIC, marks_done=True)
 def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin.REQUIRED,
         beta: float = 0.1, tokenizer_path: str | None = None, seq_len: int = 256,
         batch_size: int = 32, num_steps: int = 1000, seed: int = 0,
         optimizer: Callable = make_optimizer, mesh_shape: Sequence[int] = (-1, 1, 1),
         ckpt_every: int = 200, log_every: int = 10, keep_checkpoints: int = 2,
-        hf_export: bool = False) -> str:
+        eval_data: str | None = None, eval_split: str = "eval", eval_every: int = 0,
+        select: str | None = None, hf_export: bool = False) -> str:
   """Trains a policy with DPO on labelled pairs; returns the saved LM folder.
 
   Args:
@@ -92,12 +124,22 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
     optimizer: ``optimizer(total_steps=...) -> (optax transform, schedule)``.
     mesh_shape: (data, fsdp, tensor) sizes; one may be -1.
     ckpt_every, log_every, keep_checkpoints: checkpoint and logging cadence.
+    eval_data: held-out pairs (JSONL or a record set, e.g. the labels' ``eval`` split):
+      their DPO loss and implicit-reward metrics are logged with an ``eval/`` prefix every
+      ``eval_every`` steps (0: only at the end); None: no evaluation.
+    eval_split: the split of an ``eval_data`` record set.
+    eval_every: see ``eval_data``.
+    select: an eval metric to minimise (``"eval/loss"``): the evaluated parameters where it
+      is lowest are saved instead of the last (early stopping on held-out AI labels);
+      None: the last.
     hf_export: also write the trained model as a Hugging Face folder ``{workdir}/hf``.
   """
   if workdir_lib.skip_if_done(workdir, "dpo"):
     return trainer.model_dir(workdir)
   if beta <= 0:
     raise ValueError(f"beta must be > 0, got {beta}")
+  if select is not None and eval_data is None:
+    raise ValueError(f"dpo: select={select!r} needs eval_data (held-out pairs)")
 
   # --- Policy (and frozen reference), tokenizer, mesh, data ----------------------------
   policy = SavedModel.open(policy_model, role="dpo.policy_model").require_kind(
@@ -112,6 +154,15 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
   # A copy: the train step donates the state's arrays.
   init = trainer.ModelInit(policy.config, "lm", lambda _: jax.tree.map(jnp.copy, ref_params),
                            policy.path)
+  evaluate = None
+  if eval_data is not None:
+    eval_src = open_preference_pairs(eval_data, os.path.join(workdir, "data", "eval"),
+                                     eval_split)
+    _log.info("dpo: %d eval pairs", len(eval_src))
+    evaluate = evaluate_dpo(
+        graphdef, ref_params, beta=beta, put_batch=batch_putter(mesh, batch_size),
+        batches=lambda: preference_loader(eval_src, tok, seq_len=seq_len,
+                                          batch_size=batch_size, shuffle=False, num_epochs=1))
 
   # --- Train ------------------------------------------------------------------------
   return trainer.fit(
@@ -120,4 +171,5 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
                                                  log_every, keep_checkpoints),
       optimizer=optimizer, prepare=reference_logps(graphdef, ref_params),
       info={"tokenizer_path": tok.path, "reference": policy.path,
-            "train_data": os.path.abspath(train_data), "beta": beta}, hf_export=hf_export)
+            "train_data": os.path.abspath(train_data), "beta": beta},
+      evaluate=evaluate, eval_every=eval_every, select=select, hf_export=hf_export)

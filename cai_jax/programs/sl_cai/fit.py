@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+import shutil
+from typing import Callable, Sequence
 
 import gin
 import numpy as np
@@ -91,3 +92,75 @@ def sft_fit(workdir: str, *, model: str = gin.REQUIRED, data: str = gin.REQUIRED
   print(f"sft_fit: {res['prefix_match']:.3f} of {res['n']} answers open like their target "
         f"({prefix_words} words), {res['exact_match']:.3f} equal it", flush=True)
   return res
+
+
+@gin.configurable
+@program("sft_until_fit", inputs=("train_data", "init_model"), cosmetic=COSMETIC)
+def sft_until_fit(workdir: str, *, train: Callable = gin.REQUIRED,
+                  train_data: str = gin.REQUIRED, init_model: str = gin.REQUIRED,
+                  schedules: Sequence[int] = gin.REQUIRED, threshold: float = 0.9,
+                  fit_n: int = 256, fit_seed: int = 0, prefix_words: int = 4,
+                  fit_max_new_tokens: int = 96) -> str:
+  """Fine-tunes with the shortest schedule whose model reproduces its training targets.
+
+  Each candidate in ``schedules`` (optimizer steps, shortest first, e.g. one, two and three
+  epochs) is a complete run of ``train`` from ``init_model`` in ``{workdir}/steps{N}/``,
+  checked with ``sft_fit`` on ``fit_n`` of its own training conversations. The first whose
+  ``prefix_match`` reaches ``threshold`` is the result; when none does, the last one is,
+  and ``schedule.json`` says ``passed: false``. The rule reads only the training data:
+  no evaluation set, no oracle. Resumable: finished candidates are skipped.
+
+  Args:
+    workdir: output folder: one sub-folder per tried candidate, ``schedule.json`` and the
+      chosen ``model/``.
+    train: an SFT program (e.g. ``@sl/sft``), called with ``train_data``, ``init_model``
+      and ``num_steps``.
+    train_data, init_model: passed to ``train`` (and ``train_data`` to ``sft_fit``).
+    schedules: candidate step counts, strictly increasing.
+    threshold: the ``prefix_match`` a model must reach.
+    fit_n, fit_seed, prefix_words, fit_max_new_tokens: ``sft_fit``'s ``n``, ``seed``,
+      ``prefix_words`` and ``max_new_tokens``.
+
+  Returns:
+    The chosen model's folder, ``{workdir}/model``.
+  """
+  schedules = [int(s) for s in schedules]
+  if not schedules or any(s < 1 for s in schedules) or any(
+      b <= a for a, b in zip(schedules, schedules[1:])):
+    raise ValueError(f"sft_until_fit: schedules must be positive and strictly increasing, "
+                     f"got {schedules}")
+  if not 0.0 < threshold <= 1.0:
+    raise ValueError(f"sft_until_fit: threshold must be in (0, 1], got {threshold}")
+  tried = []
+  for steps in schedules:
+    sub = os.path.join(workdir, f"steps{steps}")
+    model = train(sub, train_data=train_data, init_model=init_model, num_steps=steps)
+    res = sft_fit(os.path.join(sub, "fit"), model=model, data=train_data, n=fit_n,
+                  seed=fit_seed, prefix_words=prefix_words, max_new_tokens=fit_max_new_tokens)
+    tried.append({"num_steps": steps, "prefix_match": res["prefix_match"],
+                  "exact_match": res["exact_match"], "model": os.path.relpath(model, workdir)})
+    _log.info("sft_until_fit: %d steps -> prefix_match %.3f (threshold %.2f)", steps,
+              res["prefix_match"], threshold)
+    if res["prefix_match"] >= threshold:
+      break
+  chosen, passed = tried[-1], tried[-1]["prefix_match"] >= threshold
+  if not passed:
+    _log.warning("sft_until_fit: no schedule reached prefix_match %.2f (best of %s: %.3f); "
+                 "using the longest", threshold, schedules,
+                 max(t["prefix_match"] for t in tried))
+  out, tmp = os.path.join(workdir, "model"), os.path.join(workdir, "model.tmp")
+  for path in (out, tmp):
+    shutil.rmtree(path, ignore_errors=True)
+  shutil.copytree(os.path.join(workdir, chosen["model"]), tmp)
+  SavedModel.open(tmp).update_info({"schedule": {"num_steps": chosen["num_steps"],
+                                                 "fit_prefix_match": chosen["prefix_match"],
+                                                 "passed": passed}})
+  os.replace(tmp, out)
+  workdir_lib.write_json(os.path.join(workdir, "schedule.json"), {
+      "threshold": threshold, "candidates": schedules, "tried": tried,
+      "chosen_steps": chosen["num_steps"], "passed": passed})
+  print(f"sft_until_fit: {chosen['num_steps']} steps chosen (prefix_match "
+        f"{chosen['prefix_match']:.3f}, threshold {threshold:.2f}"
+        f"{'' if passed else ', NOT reached'}); tried "
+        + ", ".join(f"{t['num_steps']}: {t['prefix_match']:.3f}" for t in tried), flush=True)
+  return out
