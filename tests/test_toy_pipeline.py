@@ -23,8 +23,9 @@ SMALL = [
     "feedback/toy_eval.max_new_tokens=8",
     "generate_sl.max_new_tokens=12", "generate_sl.shard_size=8", "generate_sl.batch_size=8",
     "sl/generate_sl.num_rounds=2", "sl_conversations.skip_malformed=False",
-    "sl/sft.num_steps=6", "sl/sft.batch_size=4", "sl/sft.seq_len=96", "sl/sft.ckpt_every=3",
-    "sl/toy_eval.max_new_tokens=16", "sft_fit.n=8", "sft_fit.max_new_tokens=12",
+    "sl/sft_until_fit.schedules=(3, 6)", "sl/sft.batch_size=4", "sl/sft.seq_len=96",
+    "sl/sft.ckpt_every=3", "sl/toy_eval.max_new_tokens=16", "sl/sft_until_fit.fit_n=8",
+    "sl/sft_until_fit.fit_max_new_tokens=12",
     "toy_helpful_pairs.n=8", "label_preferences.max_prompts=8",
     "label_preferences.max_new_tokens=12", "label_preferences.shard_size=4",
     "label_preferences.batch_size=4", "label_preferences.eval_fraction=0.5",
@@ -53,8 +54,15 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert "| base |" in r.stdout and "| SL-CAI |" in r.stdout  # the report is printed
   sl = json.loads((tmp_path / "exp" / "eval_sl_cai" / "results.json").read_text())
   assert sl["n_harmful"] + sl["n_benign"] == 24
-  fit = json.loads((tmp_path / "exp" / "sl_fit" / "results.json").read_text())
-  assert fit["n"] == 8 and 0.0 <= fit["prefix_match"] <= 1.0
+  # SL-CAI's schedule gate: 3 steps, then 6 unless 3 reproduced the targets
+  sched = json.loads((tmp_path / "exp" / "sl_cai" / "schedule.json").read_text())
+  steps = [t["num_steps"] for t in sched["tried"]]
+  assert steps in ([3], [3, 6]) and sched["chosen_steps"] == steps[-1]
+  assert sched["passed"] == (sched["tried"][-1]["prefix_match"] >= 0.9)
+  assert all(t["prefix_match"] < 0.9 for t in sched["tried"][:-1])
+  fit = json.loads((tmp_path / "exp" / "sl_cai" / f"steps{steps[-1]}" / "fit" /
+                    "results.json").read_text())
+  assert fit["n"] == 8 and fit["prefix_match"] == sched["tried"][-1]["prefix_match"]
   info = json.loads((tmp_path / "exp" / "base" / "model" / "model.json").read_text())["info"]
   assert len(info["corpus_sha256"]) == 64  # the data fingerprint is recorded
   fb = json.loads((tmp_path / "exp" / "feedback" / "model" / "model.json").read_text())["info"]
@@ -80,4 +88,5 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert (tmp_path / "exp" / "overoptimisation" / "overoptimisation.svg").exists()
   again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0
-  assert again.stdout.count("complete, skipped") == 21  # all but the report
+  assert again.stdout.count("complete, skipped") == 20, [   # all but the report
+      line for line in again.stdout.splitlines() if line.startswith("[")]
