@@ -85,6 +85,7 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
     res = json.loads((tmp_path / "exp" / name / "results.json").read_text())
     assert res["n_harmful"] + res["n_benign"] == 24
   assert "| RL-CAI (PPO) |" in r.stdout and "| RL-CAI (DPO) |" in r.stdout
+  assert "- SL-CAI schedule: " in r.stdout and "- DPO: step 4 of 4 kept" in r.stdout
   assert (tmp_path / "exp" / "overoptimisation" / "overoptimisation.svg").exists()
   again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0

@@ -37,14 +37,31 @@ LABEL_COLUMNS = (("label", "diagnostics.json", ("diagnostics", "num_ai_pairs"), 
                   "PM: refusal > compliance (harmful)"),
                  ("pm_eval", "results.json", ("prefers_compliance_on_benign",),
                   "PM: compliance > refusal (benign)"))
+# The recipe's oracle-free choices per run: SL-CAI's schedule (``sft_until_fit``) with the
+# fit that chose it, and the step DPO kept by its held-out AI-label loss.
+CHOICE_COLUMNS = (("sl_cai", "schedule.json", ("chosen_steps",), "SL-CAI steps"),
+                  ("sl_cai", "schedule.json", ("tried", -1, "prefix_match"),
+                   "SL-CAI fit (prefix match)"),
+                  ("dpo", "best.json", ("step",), "DPO step kept"),
+                  ("dpo", "best.json", ("value",), "DPO held-out loss"))
+PER_SEED_COLUMNS = ("harm_rate", "helpfulness", "evasive", "explained_refusal", "incoherent")
 
 
-def _dig(d: dict, keys: tuple[str, ...]):
+def _dig(d, keys: tuple):
   for k in keys:
-    if not isinstance(d, dict) or k not in d:
+    if isinstance(k, int) and isinstance(d, list) and -len(d) <= k < len(d):
+      d = d[k]
+    elif isinstance(d, dict) and k in d:
+      d = d[k]
+    else:
       return None
-    d = d[k]
   return d
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return "-"
+  return str(v) if isinstance(v, int) else f"{v:.3f}"
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -77,10 +94,11 @@ def summarize(run_dirs: dict[int, str], evals: tuple[str, ...]) -> tuple[str, di
           categories.append(cat)
         blind = cat if d.get("blind_spot") else blind
         vals[f"{ev}/category/{cat}"] = d.get("harm_rate", d.get("helpfulness"))
-    for phase, fname, keys, name in LABEL_COLUMNS:
-      path = os.path.join(wd, phase, fname)
-      vals[f"labels/{name}"] = _dig(workdir_lib.read_json(path), keys) \
-          if os.path.exists(path) else None
+    for prefix, columns in (("labels", LABEL_COLUMNS), ("choices", CHOICE_COLUMNS)):
+      for phase, fname, keys, name in columns:
+        path = os.path.join(wd, phase, fname)
+        vals[f"{prefix}/{name}"] = _dig(workdir_lib.read_json(path), keys) \
+            if os.path.exists(path) else None
     per_seed[str(seed)] = vals
   seeds = list(per_seed.values())
   col = lambda key: [s.get(key) for s in seeds]  # noqa: E731
@@ -101,6 +119,20 @@ def summarize(run_dirs: dict[int, str], evals: tuple[str, ...]) -> tuple[str, di
   lines += ["", "Benign categories show helpfulness, harm categories the harm rate.", "",
             "| labels | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
             "| main | " + " | ".join(_cell(col(f"labels/{nm}")) for nm in names) + " |"]
+  # Per seed: the models (the means can hide a split) and the recipe's own choices.
+  lines += ["", "Per seed (" + " / ".join(PER_SEED_COLUMNS) + "):", "",
+            "| seed | " + " | ".join(labels[ev] for ev in evals) + " |",
+            "|---" * (len(evals) + 1) + "|"]
+  for seed, vals in per_seed.items():
+    lines.append(f"| {seed} | " + " | ".join(
+        " / ".join(_fmt(vals.get(f"{ev}/{c}")) for c in PER_SEED_COLUMNS) for ev in evals)
+                 + " |")
+  choice_names = [name for *_, name in CHOICE_COLUMNS]
+  lines += ["", "| seed | " + " | ".join(choice_names) + " |",
+            "|---" * (len(choice_names) + 1) + "|"]
+  for seed, vals in per_seed.items():
+    lines.append(f"| {seed} | " + " | ".join(_fmt(vals.get(f"choices/{nm}"))
+                                             for nm in choice_names) + " |")
   return "\n".join(lines) + "\n", per_seed
 
 

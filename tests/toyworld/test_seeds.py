@@ -21,6 +21,10 @@ def _run(tmp_path, name, harm, priv, acc):
           "categories": cats})
   _write(f"{wd}/label_eval/results.json", {"label_accuracy": acc})
   _write(f"{wd}/label/diagnostics.json", {"diagnostics": {"num_ai_pairs": 500}})
+  if name == "b":   # one run with the recipe's choices written
+    _write(f"{wd}/sl_cai/schedule.json", {"chosen_steps": 44, "tried": [
+        {"num_steps": 22, "prefix_match": 0.5}, {"num_steps": 44, "prefix_match": 0.95}]})
+    _write(f"{wd}/dpo/best.json", {"step": 30, "value": 0.61234})
   return wd
 
 
@@ -37,3 +41,22 @@ def test_summary_means_and_sample_sds(tmp_path):
   assert "- |" in table                         # a missing file is a dash, not a zero
   assert per_seed["1"]["eval_sl_cai/harm_rate"] == 0.3
   assert seeds.mean_sd([0.5]) == (0.5, 0.0)
+  # per seed: the models' own numbers, and the recipe's choices (a dash where not written)
+  assert "| 1 | 0.300 / 0.900 / 0.000 / 0.500 / 0.100 |" in table
+  assert "| 1 | 44 | 0.950 | 30 | 0.612 |" in table
+  assert "| 0 | - | - | - | - |" in table
+
+
+def test_report_names_the_recipes_choices(tmp_path, monkeypatch):
+  from cai_jax.toyworld.evaluation.report import choices_lines
+  monkeypatch.chdir(tmp_path)
+  assert choices_lines() == []   # nothing chosen: nothing said
+  _write("sl_cai/schedule.json", {"chosen_steps": 66, "passed": False, "threshold": 0.9,
+                                  "tried": [{"num_steps": 22, "prefix_match": 0.5},
+                                            {"num_steps": 66, "prefix_match": 0.8}]})
+  _write("dpo/best.json", {"metric": "eval/loss", "step": 30, "value": 0.61234})
+  _write("dpo/model/model.json", {"info": {"num_steps": 100}})
+  assert choices_lines() == [
+      "- SL-CAI schedule: 66 steps (threshold NOT reached; threshold 0.90; prefix match by "
+      "steps tried: 22: 0.500, 66: 0.800)",
+      "- DPO: step 30 of 100 kept (lowest eval/loss on held-out AI labels: 0.6123)"]

@@ -68,6 +68,24 @@ def labels_table(rl_runs: dict[str, tuple[str, str, str]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def choices_lines(sl_dir: str = "sl_cai", dpo_dir: str = "dpo") -> list[str]:
+  """The recipe's oracle-free choices, when the run made them: SL-CAI's schedule
+  (``sft_until_fit``'s ``schedule.json``) and the step DPO kept (``best.json``)."""
+  out = []
+  sched = _read_json(os.path.join(sl_dir, "schedule.json"))
+  if sched:
+    tried = ", ".join(f"{t['num_steps']}: {t['prefix_match']:.3f}" for t in sched["tried"])
+    out.append(f"- SL-CAI schedule: {sched['chosen_steps']} steps "
+               f"({'fit' if sched['passed'] else 'threshold NOT reached'}; "
+               f"threshold {sched['threshold']:.2f}; prefix match by steps tried: {tried})")
+  best = _read_json(os.path.join(dpo_dir, "best.json"))
+  if best:
+    info = _read_json(os.path.join(dpo_dir, "model", "model.json")).get("info", {})
+    out.append(f"- DPO: step {best['step']} of {info.get('num_steps', '?')} kept "
+               f"(lowest {best['metric']} on held-out AI labels: {best['value']:.4f})")
+  return out
+
+
 @gin.configurable
 @program("toy_report",
          inputs=("evals", "rl_runs"))
@@ -84,6 +102,8 @@ def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED,
   table = results_table(rows)
   if rl_runs:
     table += "\nAI labels and preference models:\n\n" + labels_table(dict(rl_runs))
+  if choices := choices_lines():
+    table += "\nThe recipe's oracle-free choices:\n\n" + "\n".join(choices) + "\n"
   workdir_lib.write_text(os.path.join(workdir, "results.md"), table)
   workdir_lib.write_json(os.path.join(workdir, "results.json"), rows, sort_keys=False)
   print("\n" + table, flush=True)
