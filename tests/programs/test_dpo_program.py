@@ -49,12 +49,12 @@ def test_soft_label_is_the_target(dpo_inputs):
   np.testing.assert_allclose(loss(batch), loss(swapped), rtol=1e-5)
 
 
-def _run(run_main, workdir, d, lm, *, fault_after=None, steps=20):
+def _run(run_main, workdir, d, lm, *, fault_after=None, steps=20, extra=()):
   return run_main(workdir, ["runs/dpo.gin"], [
       f"dpo.train_data='{d / 'train.jsonl'}'", f"dpo.policy_model='{lm}'",
       f"dpo.num_steps={steps}", "dpo.batch_size=8", "dpo.seq_len=48", "dpo.ckpt_every=5",
       "dpo.log_every=5", "make_optimizer.warmup_steps=2", "make_optimizer.learning_rate=3e-3",
-  ], fault_after=fault_after)
+      *extra], fault_after=fault_after)
 
 
 def test_dpo_binary_learns_and_resumes_to_identical_params(run_main, dpo_inputs, tmp_path,
@@ -161,3 +161,26 @@ def test_select_needs_eval_data(dpo_inputs, tmp_path):
   with pytest.raises(ValueError, match="select.*eval_data"):
     dpo(str(tmp_path / "x"), train_data=str(d / "train.jsonl"), policy_model=lm,
         select="eval/loss", num_steps=2, batch_size=8, seq_len=48)
+
+
+def test_selection_resumes_to_the_same_choice(run_main, dpo_inputs, tmp_path, write_pairs,
+                                              same_saved_params):
+  """Early stopping through the binary, killed mid-run and rerun: the same step is kept and
+  the saved model equals the uninterrupted run's."""
+  import json
+  d, lm, _ = dpo_inputs
+  heldout = write_pairs(tmp_path / "heldout.jsonl", 16, 7)
+  extra = (f"dpo.eval_data='{heldout}'", "dpo.eval_every=5", "dpo.select='eval/loss'")
+  ref = _run(run_main, tmp_path / "ref", d, lm, extra=extra)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  died = _run(run_main, tmp_path / "resumed", d, lm, fault_after=13, extra=extra)
+  assert died.returncode == 17, died.stderr[-3000:]
+  again = _run(run_main, tmp_path / "resumed", d, lm, extra=extra)
+  assert again.returncode == 0, again.stderr[-3000:]
+  best = [json.loads((tmp_path / w / "best.json").read_text()) for w in ("ref", "resumed")]
+  assert best[0] == best[1] and best[0]["step"] in (5, 10, 15, 20)
+  evals = [r for r in read_jsonl(str(tmp_path / "ref" / "metrics.jsonl")) if "eval/loss" in r]
+  assert best[0]["value"] == min(r["eval/loss"] for r in evals)
+  same_saved_params(tmp_path / "ref" / "model", tmp_path / "resumed" / "model")
+  assert sorted(p.name for p in (tmp_path / "resumed").glob("best_step*")) == [
+      f"best_step{best[0]['step']}"]
