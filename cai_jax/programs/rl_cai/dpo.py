@@ -59,9 +59,14 @@ def dpo_loss_fn(graphdef: nnx.GraphDef, beta: float) -> state_lib.LossFn:
   return loss_fn
 
 
+def pair_logps_fn(graphdef: nnx.GraphDef) -> Callable[[Any, dict], jax.Array]:
+  """Jitted ``(params, device batch) -> [B, 2]`` summed response log-probs."""
+  return jax.jit(lambda p, b: pair_logprobs(graphdef, p, b["tokens"], b["loss_mask"]))
+
+
 def reference_logps(graphdef: nnx.GraphDef, ref_params: Any) -> Callable[[dict], dict]:
   """Device batch -> the batch plus the frozen reference's ``reference_logps`` [B, 2]."""
-  ref_fn = jax.jit(lambda p, b: pair_logprobs(graphdef, p, b["tokens"], b["loss_mask"]))
+  ref_fn = pair_logps_fn(graphdef)
 
   def prepare(batch: dict) -> dict:
     return {**batch, "reference_logps": ref_fn(ref_params, batch)}
@@ -75,7 +80,7 @@ def evaluate_dpo(graphdef: nnx.GraphDef, ref_params: Any, *, beta: float,
   """``evaluate(params)``: DPO loss and ``dpo_metrics`` of ``params`` over a whole held-out
   pair set (``batches()`` yields it in a fixed order; the frozen reference's log-probs are
   computed on the first call and reused)."""
-  logps = jax.jit(lambda p, b: pair_logprobs(graphdef, p, b["tokens"], b["loss_mask"]))
+  logps = pair_logps_fn(graphdef)
   ref_cache: list[np.ndarray] = []
 
   def evaluate(params) -> dict[str, float]:
