@@ -6,10 +6,14 @@ CPU suite (default, ``--device cpu``), fp32, random weights, forced lengths (no 
   * MBU at batch 1 against a read bandwidth measured in this run (1 GB reduction).
   * C3: whole loop in jit vs a Python loop over a jitted single step (125M and tiny).
   * C4: lower+compile seconds of the decode program for 64 vs 256 new tokens.
+  * Live length (``--only cache``): decode at the same live length (prompt 64 + 64 new
+    tokens) in a 128- and a 2,048-slot cache, with attention over the live part
+    (the sampler) and over every slot (the single-program ``engine.decode``, the
+    pre-issue-15 path), B = 1 and 16, 125M fp32.
   * Prefix reuse: see ``benchmarks/critique_revise.py`` (run separately).
 GPU suite (``--device gpu``): ``benchmarks/bench_sampler_gpu.py`` (1B bf16 decode sweep).
 
-Usage: python benchmarks/bench_sampler.py [--quick] [--skip_peer]
+Usage: python benchmarks/bench_sampler.py [--quick] [--skip_peer] [--only cache]
 """
 from __future__ import annotations
 
@@ -200,16 +204,59 @@ def cpu_suite(args) -> None:
   print(f"64 new: {c64:.2f} s, 256 new: {c256:.2f} s, ratio {c256 / c64:.2f}")
 
 
+def whole_cache_decode_fn(sampler: sampling.Sampler, prompts, new: int, cache_len: int):
+  """A callable: prefill, then the single-program decode attending to every cache slot."""
+  stops = jnp.asarray(buckets.stop_array(()))
+
+  def run():
+    conv, logits = sampler.start(prompts, cache_len=cache_len, min_free=new)
+    _, out = engine.decode(sampler.graphdef, sampler.params, conv.state, logits,
+                           jax.random.key(0), jnp.float32(1e-6), jnp.float32(1.0), stops,
+                           jnp.int32(new), num_out=buckets.length_bucket(new), mode=Mode())
+    out.tokens_bn.block_until_ready()
+  return run
+
+
+def cache_length_suite(args) -> None:
+  """Decode seconds at one live length (prompt 64 + 64 new) in 128 / 2,048-slot caches."""
+  reps = 1 if args.quick else 5
+  print(f"# devices: {jax.devices()}  cpu_count: {os.cpu_count()}  jax {jax.__version__}")
+  sampler = sampling.Sampler.from_model(models.build(M125, seed=0))
+  plen, new = 64, 64
+  print(f"\n## decode at live length {plen}..{plen + new} (125M fp32, greedy, forced length)")
+  for batch in (1, 16):
+    prompts = prompts_for(batch, plen, M125.vocab_size)
+    fns = {}
+    for cache in (128, 2048):
+      fns[f"live {cache}"] = (lambda c: lambda: sampler.generate(
+          prompts, max_new_tokens=new, cache_len=c))(cache)
+      fns[f"whole {cache}"] = whole_cache_decode_fn(sampler, prompts, new, cache)
+      fns[f"prefill {cache}"] = (lambda c: lambda: sampler.start(
+          prompts, cache_len=c, min_free=new)[1].block_until_ready())(cache)
+    t = interleaved(fns, reps)
+    dec = {k: max(t[k] - t[f"prefill {k.split()[1]}"], 1e-9) / (new - 1)
+           for k in t if not k.startswith("prefill")}
+    print(f"B={batch:2d} ms/step: live-length 128: {1e3 * dec['live 128']:.2f}, 2048: "
+          f"{1e3 * dec['live 2048']:.2f} (ratio {dec['live 2048'] / dec['live 128']:.2f}) | "
+          f"whole cache 128: {1e3 * dec['whole 128']:.2f}, 2048: {1e3 * dec['whole 2048']:.2f}"
+          f" (ratio {dec['whole 2048'] / dec['whole 128']:.2f}) | prefill 128 / 2048: "
+          f"{t['prefill 128']:.3f} / {t['prefill 2048']:.3f} s", flush=True)
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
   p.add_argument("--quick", action="store_true", help="fewer repetitions")
   p.add_argument("--skip_peer", action="store_true", help="no transformers comparison")
+  p.add_argument("--only", choices=("cache",), help="run one CPU section only")
   args = p.parse_args(argv)
   if args.device == "gpu":
     sys.path.insert(0, os.path.dirname(__file__))
     import bench_sampler_gpu  # pylint: disable=import-outside-toplevel
     bench_sampler_gpu.main()
+    return
+  if args.only == "cache":
+    cache_length_suite(args)
     return
   cpu_suite(args)
 

@@ -156,7 +156,7 @@ class Attention(nnx.Module):
     return q, k, v
 
   def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None,
-               key_positions_bs=None):
+               key_positions_bs=None, attend_len=None):
     """Attends queries of ``x`` to its own keys, or to a cache.
 
     Args:
@@ -168,6 +168,10 @@ class Attention(nnx.Module):
       cache_index: int32 scalar, the slot of the first new token.
       key_positions_bs: [b, s] int32 position of every key (a sliding-window layer
         needs them); default ``positions_bt`` (no cache).
+      attend_len: static; with a cache, attend only to its first ``attend_len`` slots
+        (the caller guarantees every key the mask allows lies there: the live part of
+        the cache), so a step costs what the live length costs, not the cache length.
+        The new keys are still written into the whole cache.
 
     Returns:
       (output [b, t, d], updated cache or None).
@@ -181,6 +185,10 @@ class Attention(nnx.Module):
       k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
       v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
       cache = {"k": k, "v": v}
+      if attend_len is not None and attend_len < k.shape[1]:
+        k, v, mask_bts = k[:, :attend_len], v[:, :attend_len], mask_bts[..., :attend_len]
+        if key_positions_bs is not None:
+          key_positions_bs = key_positions_bs[:, :attend_len]
     if self.window is not None:
       if key_positions_bs is None:
         if cache is not None:
@@ -238,9 +246,9 @@ class Block(nnx.Module):
       self.post_mlp_norm = RMSNorm(cfg, rngs)
 
   def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None,
-               key_positions_bs=None):
+               key_positions_bs=None, attend_len=None):
     h, cache = self.attn(self.attn_norm(x_btd), positions_bt, mask_bts, cache, cache_index,
-                         key_positions_bs)
+                         key_positions_bs, attend_len)
     if self.post_norms:
       h = self.post_attn_norm(h)
     x_btd = x_btd + h

@@ -56,7 +56,7 @@ class Transformer(nnx.Module):
     self.lm_head_dv = nnx.data(lm_head)
 
   def hidden(self, tokens_bt, *, positions_bt=None, segment_ids_bt=None, mask_bts=None,
-             cache=None, cache_index=None, key_positions_bs=None):
+             cache=None, cache_index=None, key_positions_bs=None, attend_len=None):
     """Final-norm hidden states.
 
     Args:
@@ -68,6 +68,8 @@ class Transformer(nnx.Module):
       cache_index: int32 scalar slot where the new tokens' keys are written.
       key_positions_bs: [b, S] int32 position of every cache slot after the write; needed
         with a cache when the model has sliding-window layers.
+      attend_len: static; with a cache, attention reads only its first ``attend_len``
+        slots (every key the mask allows must lie there; see ``layers.Attention``).
 
     Returns:
       (hidden [b, t, d] in the compute dtype, updated cache or None).
@@ -84,7 +86,8 @@ class Transformer(nnx.Module):
     new_cache = [] if cache is not None else None
     for i, layer in enumerate(self.layers):
       x, layer_cache = layer(x, positions_bt, mask_bts,
-                             None if cache is None else cache[i], cache_index, key_positions_bs)
+                             None if cache is None else cache[i], cache_index, key_positions_bs,
+                             attend_len)
       if cache is not None:
         new_cache.append(layer_cache)
     return self.final_norm(x), new_cache

@@ -52,11 +52,26 @@ def train_bucket(n: int, cap: int | None = None) -> int:
   return b if cap is None else max(int(n), min(b, int(cap)))
 
 
+MIN_ATTEND = 128
+
+
+def attend_bucket(n: int, cache_len: int) -> int:
+  """Slots a step attends to when its last written slot is ``n - 1``: a power of two
+  (at least ``MIN_ATTEND``), at most the cache length (and the whole cache once writes go
+  round it, ``n > cache_len``).
+
+  Attention reads only this live part of the cache, so its cost follows the
+  conversation's length rather than the cache's; the few buckets bound the executables.
+  """
+  return min(int(cache_len), pow2_at_least(n, MIN_ATTEND))
+
+
 def cache_bucket(n: int) -> int:
   """Cache-length bucket: a power of two up to 128, then a multiple of 64.
 
-  Decode attends over every slot, so the cache should not be much longer than
-  what is used; growing conversations move to the next bucket (one copy).
+  Attention reads only the live part of the cache (``attend_bucket``), but prefill,
+  growth and memory still scale with its length; growing conversations move to the next
+  bucket (one copy).
   """
   if n <= 128:
     return pow2_at_least(n, MIN_LENGTH)

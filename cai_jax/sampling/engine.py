@@ -9,7 +9,8 @@ Three programs, each compiled once per shape bucket:
   to an existing state: the continuation path, no re-prefill of the conversation.
 * ``decode``: the whole sampling loop in one ``lax.while_loop`` that exits as
   soon as every row has stopped; the state (KV cache) is donated and updated in
-  place.
+  place. The sampler runs it in segments (``decode_begin``, then ``decode_run`` per
+  attention length bucket): a step attends only to the live part of the cache.
 
 ``grow`` copies a state into a longer cache; ``pack`` drops the padding slots of a
 state (used near ``max_seq_len``, where the cache may not grow).
@@ -78,21 +79,25 @@ def prefill(graphdef: nnx.GraphDef, params, tokens_bt: jax.Array, lengths_b: jax
   return state, logits
 
 
-def _chunk_forward(model, state: DecodeState, tokens_bt: jax.Array, n_new_b: jax.Array):
+def _chunk_forward(model, state: DecodeState, tokens_bt: jax.Array, n_new_b: jax.Array,
+                   attend_len: int | None = None):
   """The forward of a left-padded chunk written at ``state.slot`` -> (hidden [b, t, d],
-  the cache with the chunk's keys, real_bt, the slots' positions kpos_bs)."""
+  the cache with the chunk's keys, real_bt, the slots' positions kpos_bs). Attention
+  reads the first ``attend_len`` slots (they must hold the chunk's end)."""
   real, positions = cache_lib.chunk_layout(n_new_b, tokens_bt.shape[1], state.pos_b)
   mask = cache_lib.chunk_mask(state.valid_bs, real, state.slot)
   kpos = jax.lax.dynamic_update_slice(state.kpos_bs, positions.astype(jnp.int32),
                                       (0, state.slot))
   hidden, kv = model.hidden(tokens_bt, positions_bt=positions, mask_bts=mask,
-                            cache=state.cache, cache_index=state.slot, key_positions_bs=kpos)
+                            cache=state.cache, cache_index=state.slot, key_positions_bs=kpos,
+                            attend_len=attend_len)
   return hidden, kv, real, kpos
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnums=(2,))
+@functools.partial(jax.jit, static_argnames=("graphdef", "attend_len"), donate_argnums=(2,))
 def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Array,
-           lengths_b: jax.Array) -> tuple[DecodeState, jax.Array]:
+           lengths_b: jax.Array, *, attend_len: int | None = None
+           ) -> tuple[DecodeState, jax.Array]:
   """Appends text to every row of a state (continuation without re-prefill).
 
   Each row's pending token (the last sampled one, if it belongs to the sequence)
@@ -104,6 +109,8 @@ def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Arr
     extra_bt: [b, T] int32 new tokens, left-padded, with at least one free
       padding column per row for the pending token (T > max length).
     lengths_b: [b] int32 number of new tokens per row.
+    attend_len: static; attention reads only the first slots, up to the chunk's end
+      (``buckets.attend_bucket(slot + T, cache_len)``); None: the whole cache.
 
   Returns:
     (updated state, last-position logits [b, v] float32).
@@ -115,24 +122,25 @@ def extend(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Arr
   start = (t - lengths_b - pend.astype(jnp.int32))[:, None]
   tokens = jnp.where((j == start) & pend[:, None], state.pending_b[:, None], extra_bt)
   n_new = lengths_b + pend.astype(jnp.int32)
-  hidden, kv, real, kpos = _chunk_forward(model, state, tokens, n_new)
+  hidden, kv, real, kpos = _chunk_forward(model, state, tokens, n_new, attend_len)
   valid = jax.lax.dynamic_update_slice(state.valid_bs, real, (0, state.slot))
   state = state._replace(cache=kv, valid_bs=valid, kpos_bs=kpos, pos_b=state.pos_b + n_new,
                          slot=state.slot + t, pending_ok_b=jnp.zeros_like(pend))
   return cache_lib.constrain_state(state), _last_logits(model, hidden)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "attend_len"))
 def extend_logprobs(graphdef: nnx.GraphDef, params, state: DecodeState, extra_bt: jax.Array,
-                    lengths_b: jax.Array) -> jax.Array:
-  """Appends a left-padded chunk (as ``extend``, no pending token) and scores it.
+                    lengths_b: jax.Array, *, attend_len: int | None = None) -> jax.Array:
+  """Appends a left-padded chunk (as ``extend``, no pending token) and scores it
+  (``attend_len`` as ``extend``).
 
   Returns:
     [b, T] float32: column j holds log p(token j + 1 | everything up to token j) for
     the chunk's real tokens (0 elsewhere, and at the last column).
   """
   model = nnx.merge(graphdef, params)
-  hidden, _, real, _ = _chunk_forward(model, state, extra_bt, lengths_b)
+  hidden, _, real, _ = _chunk_forward(model, state, extra_bt, lengths_b, attend_len)
   logp = jax.nn.log_softmax(model.logits(hidden[:, :-1]), axis=-1)       # [b, t-1, v]
   picked = jnp.take_along_axis(logp, extra_bt[:, 1:, None], axis=-1)[..., 0]
   picked = jnp.where(real[:, :-1] & real[:, 1:], picked, 0.0)
@@ -196,24 +204,129 @@ class DecodeOutput(NamedTuple):
   logits_bnv: jax.Array | None
 
 
-def _feed(model, state: DecodeState) -> tuple[DecodeState, jax.Array]:
+class DecodeCarry(NamedTuple):
+  """The sampling loop's state between segments (``decode_begin`` / ``decode_run``).
+
+  Attributes:
+    state: the decode state; its pending tokens are the last sampled ones.
+    tokens_bn, logprobs_bn, counts_b: as ``DecodeOutput``.
+    step: int32 scalar, tokens sampled so far by the longest row (the PRNG step).
+    done_b: [b] bool, rows that have stopped (or never sample).
+    logits_bnv: per-step logits when collected, else None.
+  """
+
+  state: DecodeState
+  tokens_bn: jax.Array
+  logprobs_bn: jax.Array
+  counts_b: jax.Array
+  step: jax.Array
+  done_b: jax.Array
+  logits_bnv: jax.Array | None
+
+  def output(self) -> DecodeOutput:
+    return DecodeOutput(self.tokens_bn, self.logprobs_bn, self.counts_b, self.step,
+                        self.logits_bnv)
+
+
+def _feed(model, state: DecodeState, attend_len: int | None = None
+          ) -> tuple[DecodeState, jax.Array]:
   """One decode step: writes every row's pending token at ``slot`` -> logits [b, v].
 
   Writes go round the cache (slot modulo its length). The sampler lets a decode do so
   only on a packed state (every row ending at ``slot``) whose rows each fit in the
   cache with their budget: then a wrapped write lands on a slot of a row that is done
-  (or on padding), never on the history of a row still decoding.
+  (or on padding), never on the history of a row still decoding. ``attend_len``: the
+  step reads only the first slots (the caller keeps ``slot`` below it).
   """
   at = state.slot % state.valid_bs.shape[1]
   valid = jax.lax.dynamic_update_slice(state.valid_bs, state.pending_ok_b[:, None], (0, at))
   kpos = jax.lax.dynamic_update_slice(state.kpos_bs, state.pos_b[:, None], (0, at))
   hidden, kv = model.hidden(state.pending_b[:, None], positions_bt=state.pos_b[:, None],
                             mask_bts=valid[:, None, :], cache=state.cache,
-                            cache_index=at, key_positions_bs=kpos)
+                            cache_index=at, key_positions_bs=kpos, attend_len=attend_len)
   state = state._replace(cache=kv, valid_bs=valid, kpos_bs=kpos,
                          pos_b=state.pos_b + state.pending_ok_b.astype(jnp.int32),
                          slot=state.slot + 1, pending_ok_b=jnp.zeros_like(state.pending_ok_b))
   return cache_lib.constrain_state(state), _last_logits(model, hidden)
+
+
+def _is_stop(tok: jax.Array, stops: jax.Array) -> jax.Array:
+  return jnp.any(tok[:, None] == stops[None, :], axis=-1)
+
+
+def _sample(carry: DecodeCarry, logits: jax.Array, key, temperature, top_p, stops, max_new,
+            mode: Mode) -> DecodeCarry:
+  """Samples the next token of every active row from ``logits`` and records it."""
+  step = carry.step
+  tok, lp = select(logits, jax.random.fold_in(key, step), temperature, top_p, mode)
+  active = ~carry.done_b
+  all_logits = carry.logits_bnv
+  if all_logits is not None:
+    all_logits = all_logits.at[:, step].set(logits)
+  done = carry.done_b | (active & _is_stop(tok, stops)) | (step + 1 >= max_new)
+  return DecodeCarry(
+      state=carry.state._replace(pending_b=tok, pending_ok_b=active),
+      tokens_bn=carry.tokens_bn.at[:, step].set(jnp.where(active, tok, 0)),
+      logprobs_bn=carry.logprobs_bn.at[:, step].set(jnp.where(active, lp, 0.0)),
+      counts_b=carry.counts_b + active.astype(jnp.int32), step=step + 1, done_b=done,
+      logits_bnv=all_logits)
+
+
+def _begin(state: DecodeState, logits_bv, key, temperature, top_p, stops, max_new, *,
+           num_out: int, mode: Mode, collect_logits: bool) -> DecodeCarry:
+  b, v = logits_bv.shape
+  carry = DecodeCarry(
+      state=state, tokens_bn=jnp.zeros((b, num_out), jnp.int32),
+      logprobs_bn=jnp.zeros((b, num_out), jnp.float32), counts_b=jnp.zeros((b,), jnp.int32),
+      step=jnp.asarray(0, jnp.int32), done_b=~state.live_b | (max_new < 1),
+      logits_bnv=jnp.zeros((b, num_out, v), jnp.float32) if collect_logits else None)
+  return _sample(carry, logits_bv, key, temperature, top_p, stops, max_new, mode)
+
+
+def _run(model, carry: DecodeCarry, key, temperature, top_p, stops, max_new, *, mode: Mode,
+         attend_len: int | None) -> DecodeCarry:
+  """Feeds and samples until every row is done or the next write would leave the first
+  ``attend_len`` slots (None, or the whole cache: until done)."""
+  cache_len = carry.state.valid_bs.shape[1]
+  bounded = attend_len is not None and attend_len < cache_len
+
+  def cond(c):
+    go = jnp.logical_not(jnp.all(c.done_b))
+    return go & (c.state.slot < attend_len) if bounded else go
+
+  def body(c):
+    st, logits = _feed(model, c.state, attend_len if bounded else None)
+    return _sample(c._replace(state=st), logits, key, temperature, top_p, stops, max_new,
+                   mode)
+
+  return jax.lax.while_loop(cond, body, carry)
+
+
+@functools.partial(jax.jit, static_argnames=("num_out", "mode", "collect_logits"),
+                   donate_argnums=(0,))
+def decode_begin(state: DecodeState, logits_bv: jax.Array, key: jax.Array,
+                 temperature: jax.Array, top_p: jax.Array, stops: jax.Array,
+                 max_new: jax.Array, *, num_out: int, mode: Mode,
+                 collect_logits: bool = False) -> DecodeCarry:
+  """Samples the first token of every row from ``logits_bv`` (arguments as ``decode``)."""
+  return _begin(state, logits_bv, key, temperature, top_p, stops, max_new, num_out=num_out,
+                mode=mode, collect_logits=collect_logits)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "attend_len"),
+                   donate_argnums=(2,))
+def decode_run(graphdef: nnx.GraphDef, params, carry: DecodeCarry, key: jax.Array,
+               temperature: jax.Array, top_p: jax.Array, stops: jax.Array,
+               max_new: jax.Array, *, mode: Mode, attend_len: int | None) -> DecodeCarry:
+  """One segment of the sampling loop whose steps attend to the first ``attend_len``
+  slots only; it stops when every row is done or ``slot`` reaches ``attend_len``.
+
+  The sampler runs segments with growing ``buckets.attend_bucket`` lengths, so a step's
+  attention costs what the conversation's live length costs, not the cache length. The
+  PRNG step travels in the carry: segments sample exactly what one loop would.
+  """
+  return _run(nnx.merge(graphdef, params), carry, key, temperature, top_p, stops, max_new,
+              mode=mode, attend_len=attend_len)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_out", "mode", "collect_logits"),
@@ -222,7 +335,9 @@ def decode(graphdef: nnx.GraphDef, params, state: DecodeState, logits_bv: jax.Ar
            key: jax.Array, temperature: jax.Array, top_p: jax.Array, stops: jax.Array,
            max_new: jax.Array, *, num_out: int, mode: Mode,
            collect_logits: bool = False) -> tuple[DecodeState, DecodeOutput]:
-  """Samples up to ``max_new`` tokens per row inside one ``lax.while_loop``.
+  """Samples up to ``max_new`` tokens per row inside one ``lax.while_loop`` whose steps
+  attend to the whole cache (the single-program form of ``decode_begin`` +
+  ``decode_run``; the sampler runs the segmented form).
 
   Args:
     graphdef, params: the split model.
@@ -240,33 +355,8 @@ def decode(graphdef: nnx.GraphDef, params, state: DecodeState, logits_bv: jax.Ar
   Returns:
     (state whose pending tokens are each row's last sampled token, DecodeOutput).
   """
-  model = nnx.merge(graphdef, params)
-  b, v = logits_bv.shape
-  is_stop = lambda tok: jnp.any(tok[:, None] == stops[None, :], axis=-1)
-
-  def sample(carry, logits):
-    st, toks, lps, counts, step, done, all_logits = carry
-    tok, lp = select(logits, jax.random.fold_in(key, step), temperature, top_p, mode)
-    active = ~done
-    toks = toks.at[:, step].set(jnp.where(active, tok, 0))
-    lps = lps.at[:, step].set(jnp.where(active, lp, 0.0))
-    if collect_logits:
-      all_logits = all_logits.at[:, step].set(logits)
-    st = st._replace(pending_b=tok, pending_ok_b=active)
-    done = done | (active & is_stop(tok)) | (step + 1 >= max_new)
-    return st, toks, lps, counts + active.astype(jnp.int32), step + 1, done, all_logits
-
-  def cond(carry):
-    return jnp.logical_not(jnp.all(carry[5]))
-
-  def body(carry):
-    st, logits = _feed(model, carry[0])
-    return sample((st,) + carry[1:], logits)
-
-  all_logits = jnp.zeros((b, num_out, v), jnp.float32) if collect_logits else None
-  carry = (state, jnp.zeros((b, num_out), jnp.int32), jnp.zeros((b, num_out), jnp.float32),
-           jnp.zeros((b,), jnp.int32), jnp.asarray(0, jnp.int32),
-           ~state.live_b | (max_new < 1), all_logits)
-  carry = jax.lax.while_loop(cond, body, sample(carry, logits_bv))
-  state, toks, lps, counts, steps, _, all_logits = carry
-  return state, DecodeOutput(toks, lps, counts, steps, all_logits)
+  carry = _begin(state, logits_bv, key, temperature, top_p, stops, max_new, num_out=num_out,
+                 mode=mode, collect_logits=collect_logits)
+  carry = _run(nnx.merge(graphdef, params), carry, key, temperature, top_p, stops, max_new,
+               mode=mode, attend_len=None)
+  return carry.state, carry.output()

@@ -281,7 +281,8 @@ class Sampler:
     conv.consumed = True
     state, logits = self._run(engine.extend, self.graphdef, self.params, conv.state,
                               self._put(tokens, ("batch", "length")),
-                              self._put(lengths, ("batch",)))
+                              self._put(lengths, ("batch",)),
+                              attend_len=buckets.attend_bucket(conv.slot + t, conv.cache_len))
     return dataclasses.replace(
         conv, state=state, slot=conv.slot + t, consumed=False, dropped=[0] * conv.rows,
         history=[h + list(e) for h, e in zip(conv.history, extra)]), logits
@@ -347,12 +348,12 @@ class Sampler:
       budget_b = np.zeros((conv.batch,), np.int32)
       budget_b[:conv.rows] = budget
       conv.consumed = True
-      state, out = self._run(
-          engine.decode, self.graphdef, self.params, conv.state, logits,
-          jax.random.key(seed), jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p),
-          jnp.asarray(buckets.stop_array(stop_tokens)), self._put(budget_b, ("batch",)),
-          num_out=buckets.length_bucket(min(max_new_tokens, self.max_len)), mode=make_mode(
-              temperature, top_k, top_p), collect_logits=collect_logits)
+      state, out = self._decode(
+          conv, logits, jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
+          jnp.float32(top_p), jnp.asarray(buckets.stop_array(stop_tokens)),
+          self._put(budget_b, ("batch",)),
+          num_out=buckets.length_bucket(min(max_new_tokens, self.max_len)),
+          mode=make_mode(temperature, top_k, top_p), collect_logits=collect_logits)
       toks, lps, counts, steps = jax.device_get(
           (out.tokens_bn, out.logprobs_bn, out.counts_b, out.steps))
       rows = range(conv.rows)
@@ -370,6 +371,20 @@ class Sampler:
       if collect_logits:
         result.step_logits = out.logits_bnv
       return result
+
+  def _decode(self, conv: Conversation, logits: jax.Array, *args, num_out: int, mode,
+              collect_logits: bool) -> tuple[DecodeState, engine.DecodeOutput]:
+    """The sampling loop in segments whose steps attend to the live part of the cache
+    (``buckets.attend_bucket`` of the next write slot): one host check per segment."""
+    carry = self._run(engine.decode_begin, conv.state, logits, *args, num_out=num_out,
+                      mode=mode, collect_logits=collect_logits)
+    slot = conv.slot
+    while True:
+      carry = self._run(engine.decode_run, self.graphdef, self.params, carry, *args,
+                        mode=mode, attend_len=buckets.attend_bucket(slot + 1, conv.cache_len))
+      done, slot = jax.device_get((jnp.all(carry.done_b), carry.state.slot))
+      if done:
+        return carry.state, carry.output()
 
   def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                num_samples: int = 1, cache_len: int | None = None, **kwargs) -> SampleOutput:
