@@ -12,7 +12,10 @@ One iteration is ``learner.rollout`` then ``learner.learn``:
 3. **Advantages.** Per-token rewards ``-beta * KL_t`` plus the score at the last token
    (``losses.kl_penalized_rewards``), GAE, optional whitening (``advantages``).
 4. **Learn.** ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and
-   value losses (``ppo_loss_fn``).
+   value losses (``ppo_loss_fn``: one loss, ``pg + vf_coef * vl``, so policy and value
+   take one optimizer step together). The rollout stays on the devices: all
+   ``ppo_epochs x minibatches`` steps run in one jitted scan that gathers each minibatch
+   by index (``train.state.make_train_epochs``), and the host reads the metrics once.
 
 The pieces are pure functions of arrays; ``PPOLearner`` holds the jitted versions and the
 frozen parameters. The KL coefficient's controller state is part of the checkpointed
@@ -195,9 +198,10 @@ def ppo_loss_fn(graphdefs: dict[str, nnx.GraphDef], *, clip_eps: float, value_cl
 
 @dataclasses.dataclass
 class Rollout:
-  """One iteration's rollout on the host: the minibatch tensors and what is logged."""
+  """One iteration's rollout: the learning tensors (on the devices, rows sharded over the
+  batch axes) and what is logged (on the host)."""
 
-  data: dict[str, np.ndarray]   # tokens, mask, logp, values, advantages, returns
+  data: dict[str, jax.Array]   # tokens, mask, logp, values, advantages, returns
   metrics: dict[str, float]
   kl_mean: float
   answers: list[str]
@@ -213,7 +217,7 @@ class PPOLearner:
     ref_params: the frozen reference (the SL-CAI model; the policy's graph).
     reward: the preference model (its ``arrays`` encode answers for the scoring pass).
     optimizer: the optax transformation of the train state.
-    state_shardings: the ``TrainState`` shardings (for the jitted step).
+    state_shardings: the ``TrainState`` shardings (for the jitted learning scan).
   """
 
   def __init__(self, cfg: PPOConfig, *, mesh: Mesh, graphdefs: dict[str, nnx.GraphDef],
@@ -221,13 +225,13 @@ class PPOLearner:
                state_shardings: state_lib.TrainState):
     self.cfg, self.mesh, self.graphdefs = cfg, mesh, graphdefs
     self.ref_params, self.reward, self.tok = ref_params, reward, reward.tokenizer
-    self._put_mb = batch_putter(mesh, cfg.minibatch_size)
+    batch_putter(mesh, cfg.minibatch_size)   # checks the minibatch divides over the mesh
     self._put_rollout = batch_putter(mesh, cfg.rollout_batch)
     self._score = jax.jit(functools.partial(score_rollout, graphdefs))
     self._adv = jax.jit(functools.partial(advantages, estimator=cfg.kl_estimator,
                                           gamma=cfg.gamma, lam=cfg.lam,
                                           whiten=cfg.whiten_advantages))
-    self._step = state_lib.make_train_step(
+    self._epochs = state_lib.make_train_epochs(
         ppo_loss_fn(graphdefs, clip_eps=cfg.clip_eps, value_clip=cfg.value_clip,
                     vf_coef=cfg.vf_coef), optimizer, state_sharding=state_shardings)
 
@@ -271,11 +275,10 @@ class PPOLearner:
     if not all(np.all(np.isfinite(v)) for v in host.values()):
       raise FloatingPointError(f"ppo: non-finite rollout scores at iteration {iteration}; "
                                "the last good checkpoint is kept")
-    # One host copy of the rollout tensors; minibatches are slices of a permutation.
-    data = {k: np.asarray(v) for k, v in jax.device_get({
-        "tokens": dev["tokens"], "mask": dev["mask"], "logp": scored["logp"],
-        "values": scored["values"], "advantages": adv["advantages"],
-        "returns": adv["returns"]}).items()}
+    # The learning tensors stay on the devices; ``learn`` gathers minibatches there.
+    data = {"tokens": dev["tokens"], "mask": dev["mask"], "logp": scored["logp"],
+            "values": scored["values"], "advantages": adv["advantages"],
+            "returns": adv["returns"]}
     kl_mean = float(np.mean(host["kl"]))
     metrics = {
         "env/pm_score": float(np.mean(host["score"])), "env/kl": kl_mean,
@@ -287,24 +290,45 @@ class PPOLearner:
         "time/generation_s": t_gen, "time/score_s": time.perf_counter() - t0 - t_gen}
     return Rollout(data, metrics, kl_mean, answers)
 
+  def minibatch_index(self, iteration: int) -> np.ndarray:
+    """[steps_per_iteration, minibatch_size] int32: the rollout rows of each step, epoch
+    by epoch; epoch ``e`` is a permutation drawn from ``(seed, "minibatch", iteration,
+    e)``, cut into ``minibatches`` consecutive slices."""
+    cfg = self.cfg
+    perms = [np.random.default_rng(call_seed(cfg.seed, "minibatch", iteration, epoch)
+                                   ).permutation(cfg.rollout_batch)
+             for epoch in range(cfg.ppo_epochs)]
+    return np.stack(perms).reshape(cfg.steps_per_iteration, cfg.minibatch_size
+                                   ).astype(np.int32)
+
+  def train_steps(self, state: state_lib.TrainState, rollout: Rollout, iteration: int
+                  ) -> tuple[state_lib.TrainState, dict[str, np.ndarray]]:
+    """All of an iteration's minibatch steps in one jitted scan (``state`` is donated);
+    returns the state and the per-step metrics [steps_per_iteration] on the host (one
+    read). ``metrics["finite"]`` is False from the first non-finite step on, and no step
+    from there on was applied."""
+    index = self.replicated(self.minibatch_index(iteration))
+    with jax.set_mesh(self.mesh):
+      state, metrics = self._epochs(state, rollout.data, index, jax.random.key(self.cfg.seed))
+    return state, {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+
   def learn(self, state: state_lib.TrainState, rollout: Rollout, iteration: int
             ) -> tuple[state_lib.TrainState, dict[str, float]]:
-    """``ppo_epochs`` passes of minibatch steps; returns the state and mean metrics."""
-    cfg, seen = self.cfg, []
-    for epoch in range(cfg.ppo_epochs):
-      perm = np.random.default_rng(call_seed(cfg.seed, "minibatch", iteration, epoch)
-                                   ).permutation(cfg.rollout_batch)
-      for j in range(cfg.minibatches):
-        sel = perm[j * cfg.minibatch_size:(j + 1) * cfg.minibatch_size]
-        state, m = self._step(state, self._put_mb({k: v[sel] for k, v in rollout.data.items()}),
-                              jax.random.key(cfg.seed))
-        m = jax.device_get(m)
-        if not bool(m.pop("finite")):
-          raise FloatingPointError(f"ppo: non-finite loss or gradients at iteration "
-                                   f"{iteration} (epoch {epoch}, minibatch {j}); the update "
-                                   "was not applied and the last good checkpoint is kept")
-        seen.append(m)
-    return state, {k: float(np.mean([float(m[k]) for m in seen])) for k in seen[0]}
+    """``ppo_epochs`` passes of minibatch steps; returns the state and mean metrics.
+
+    Raises:
+      FloatingPointError: a step's loss or gradients were not finite (it names the
+        first such step; neither it nor any later step was applied).
+    """
+    cfg = self.cfg
+    state, metrics = self.train_steps(state, rollout, iteration)
+    finite = metrics.pop("finite")
+    if not finite.all():
+      epoch, j = divmod(int(np.argmin(finite)), cfg.minibatches)
+      raise FloatingPointError(f"ppo: non-finite loss or gradients at iteration "
+                               f"{iteration} (epoch {epoch}, minibatch {j}); the update "
+                               "was not applied and the last good checkpoint is kept")
+    return state, {k: float(np.mean([float(x) for x in v])) for k, v in metrics.items()}
 
 
 def prompt_length_bucket(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> int:

@@ -1,4 +1,5 @@
-"""The train state pytree, its shardings, and the pure jitted train step."""
+"""The train state pytree, its shardings, the pure jitted train step, and the same step
+scanned over on-device minibatches (``make_train_epochs``)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -8,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cai_jax.sharding import constrain
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
@@ -55,6 +58,42 @@ def abstract_state(shardings: TrainState, abstract_params: Any,
                       shapes, shardings)
 
 
+def _update_fn(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Callable:
+  """The train step's math: ``update(state, batch, rng) -> (candidate, metrics)``.
+
+  Folds the step number into ``rng``; ``metrics["finite"]`` says whether the loss and the
+  gradients are finite. The callers decide whether the candidate replaces the state
+  (``_keep_if``), so the single step and the scanned steps share one body.
+  """
+
+  def update(state: TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": optax.tree.norm(updates),
+               "param_norm": optax.tree.norm(params), "finite": finite, **aux}
+    return new, metrics
+
+  return update
+
+
+def _keep_if(apply: jax.Array, new: TrainState, old: TrainState) -> TrainState:
+  """``new`` where ``apply`` (a bool scalar) holds, else ``old``, leaf by leaf."""
+  return jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+
+
+def _jit(fn: Callable, state_sharding: TrainState | None, in_rest: tuple) -> Callable:
+  """``fn(state, ...)`` jitted, donating the state (in ``state_sharding`` if given)."""
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  return jax.jit(fn, in_shardings=(state_sharding, *in_rest),
+                 out_shardings=(state_sharding, None), donate_argnums=0)
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     state_sharding: TrainState | None = None,
                     batch_sharding: Any = None) -> Callable:
@@ -71,21 +110,45 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   update is not applied (the returned state equals the input) and
   ``metrics["finite"]`` is False; the caller stops the run.
   """
+  update = _update_fn(loss_fn, optimizer)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": optax.tree.norm(updates),
-               "param_norm": optax.tree.norm(params), "finite": finite, **aux}
-    return new, metrics
+    new, metrics = update(state, batch, rng)
+    return _keep_if(metrics["finite"], new, state), metrics
 
-  if state_sharding is None:
-    return jax.jit(step, donate_argnums=0)
-  return jax.jit(step, in_shardings=(state_sharding, batch_sharding, None),
-                 out_shardings=(state_sharding, None), donate_argnums=0)
+  return _jit(step, state_sharding, (batch_sharding, None))
+
+
+def make_train_epochs(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                      state_sharding: TrainState | None = None) -> Callable:
+  """Builds ``run(state, data, index, rng) -> (state, metrics)``: ``make_train_step``'s
+  step applied once per row of ``index``, all in one jitted ``lax.scan`` (donating).
+
+  Args:
+    loss_fn, optimizer, state_sharding: as for ``make_train_step``.
+
+  ``data`` is a dict of device arrays with a leading example axis; ``index`` [steps,
+  batch_size] int32 holds each step's example rows: step ``i`` gathers ``data[k][index[i]]``
+  on device and constrains it to the logical ``batch`` axis (``sharding.constrain``: a
+  no-op without a mesh context), so the host transfers nothing per step. ``metrics`` are
+  the step metrics stacked on a leading [steps] axis (one host read for all of them).
+
+  Once a step's loss or gradients are not finite, that step and every later one is not
+  applied: the returned state is the state after the last good step before it, and
+  ``metrics["finite"]`` is False from that step on (the first False names the bad step).
+  """
+  update = _update_fn(loss_fn, optimizer)
+
+  def run(state: TrainState, data: dict, index: jax.Array, rng: jax.Array):
+    def body(carry, rows):
+      state, ok = carry
+      batch = {k: constrain(v[rows], ("batch",) + (None,) * (v.ndim - 1))
+               for k, v in data.items()}
+      new, metrics = update(state, batch, rng)
+      ok = ok & metrics["finite"]
+      return (_keep_if(ok, new, state), ok), {**metrics, "finite": ok}
+
+    (state, _), metrics = jax.lax.scan(body, (state, jnp.bool_(True)), index)
+    return state, metrics
+
+  return _jit(run, state_sharding, (None, None, None))

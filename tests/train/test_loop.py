@@ -50,3 +50,32 @@ def test_step_does_not_apply_non_finite_update():
   assert not bool(m["finite"])
   np.testing.assert_array_equal(new.params["w"], np.ones(2))
   assert int(new.step) == 0
+
+
+def test_train_epochs_scan_equals_the_step_loop_and_stops_at_the_first_bad_step():
+  tx = optax.sgd(0.1)
+  data = {"x": np.arange(18, dtype=np.float32).reshape(6, 3) / 10,
+          "poison": np.array([0, 0, 0, np.nan, 0, 0], np.float32)}
+  loss = lambda p, b, rng: _loss(p, {"x": b["x"], "poison": jnp.sum(b["poison"])}, rng)  # noqa: E731
+  run = state_lib.make_train_epochs(loss, tx)
+  step = state_lib.make_train_step(loss, tx)
+  fresh = lambda: state_lib.create_state({"w": jnp.zeros(3)}, tx)  # noqa: E731
+  # Good steps only: the scan equals the step loop on the gathered rows.
+  index = np.array([[0, 1], [2, 4], [5, 0]], np.int32)
+  state, m = run(fresh(), jax.tree.map(jnp.asarray, data), index, jax.random.key(0))
+  ref, losses = fresh(), []
+  for rows in index:
+    ref, mr = step(ref, {k: v[rows] for k, v in data.items()}, jax.random.key(0))
+    losses.append(float(mr["loss"]))
+  np.testing.assert_allclose(state.params["w"], ref.params["w"], rtol=1e-6)
+  np.testing.assert_allclose(m["loss"], losses, rtol=1e-6)
+  assert int(state.step) == 3 and np.asarray(m["finite"]).all()
+  # Step 2 reads the NaN row: neither it nor the good step after it is applied.
+  index = np.array([[0, 1], [2, 4], [3, 5], [0, 1]], np.int32)
+  state, m = run(fresh(), jax.tree.map(jnp.asarray, data), index, jax.random.key(0))
+  assert np.asarray(m["finite"]).tolist() == [True, True, False, False]
+  ref = fresh()
+  for rows in index[:2]:
+    ref, _ = step(ref, {k: v[rows] for k, v in data.items()}, jax.random.key(0))
+  np.testing.assert_allclose(state.params["w"], ref.params["w"], rtol=1e-6)
+  assert int(state.step) == 2
