@@ -13,10 +13,17 @@ through the LM head); otherwise each prompt is prefilled once and both options c
 its cache (``sampling.option_logprobs``). The feedback model may have its own tokenizer.
 With ``chain_of_thought`` the model first writes its reasoning after "Let's think
 step-by-step:" and is scored after "Therefore the answer is:" (``cot_answer_prompt``).
+The answer prompt is scored on the reasoning's own KV cache: it is the comparison prompt,
+the (trimmed) reasoning and the answer cue, so it shares its first tokens with what the
+model sampled; the cache is cut back to that shared prefix and only the rest is appended
+(``sampling.continued_option_logprobs``). Rows where that does not pay or cannot hold
+(a truncated prompt, a re-tokenization that parts early, the length limit) are prefilled
+again as before; ``FeedbackModel.cot_counts`` counts both.
 Used by the labeling program and by the toy world's judge-skill evaluation alike.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +31,10 @@ import numpy as np
 from cai_jax import constitution as cc
 from cai_jax import judge
 from cai_jax.data.tokenizer import Tokenizer
-from cai_jax.sampling import Sampler, call_seed, candidate_logprobs, option_logprobs
+from cai_jax.sampling import (Sampler, call_seed, candidate_logprobs, continued_option_logprobs,
+                              option_logprobs)
+
+_log = logging.getLogger(__name__)
 
 
 def option_tokens(prompt: cc.Prompt, tokenizer: Tokenizer, option: str
@@ -55,13 +65,21 @@ class FeedbackModel:
     batch_size: comparison prompts per forward (and per reasoning batch).
     chain_of_thought: write a reasoning before the answer slot.
     cot_max_new_tokens, cot_temperature: sampling of the reasoning.
+    cot_cache: score the answer prompts on the reasoning's cache (False: prefill each
+      answer prompt again, the reference path; same numbers up to float rounding).
+
+  Attributes:
+    cot_counts: cumulative ``{"answers", "reprefilled"}``: chain-of-thought answer prompts
+      scored, and how many of them were prefilled again rather than continued.
   """
 
   def __init__(self, sampler: Sampler, tokenizer: Tokenizer, *, batch_size: int,
                chain_of_thought: bool = False, cot_max_new_tokens: int = 96,
-               cot_temperature: float = 0.0):
+               cot_temperature: float = 0.0, cot_cache: bool = True):
     self.sampler, self.tokenizer, self.batch_size = sampler, tokenizer, batch_size
     self.chain_of_thought = chain_of_thought
+    self.cot_cache = cot_cache
+    self.cot_counts = {"answers": 0, "reprefilled": 0}
     self._cot_kw = dict(max_new_tokens=cot_max_new_tokens, temperature=cot_temperature,
                         stop_tokens=tokenizer.stop_ids)
 
@@ -103,8 +121,43 @@ class FeedbackModel:
     ``seed`` keys the reasoning's sampling (it is greedy by default).
     """
     reasoning = [""] * len(prompts)
-    if self.chain_of_thought and prompts:
+    if not (self.chain_of_thought and prompts):
+      lp = self.option_logprobs(prompts)
+    elif self.cot_cache:
+      lp, reasoning = self._cot_option_logprobs(prompts, seed)
+    else:
       reasoning = self.reasoning(prompts, seed)
-      prompts = [cc.cot_answer_prompt(p, r) for p, r in zip(prompts, reasoning)]
-    lp = self.option_logprobs(prompts)
+      lp = self.option_logprobs([cc.cot_answer_prompt(p, r)
+                                 for p, r in zip(prompts, reasoning)])
+      self.cot_counts["answers"] += len(prompts)
+      self.cot_counts["reprefilled"] += len(prompts)
     return np.asarray(judge.preference_probability(lp[:, 0], lp[:, 1])), reasoning
+
+  def _cot_option_logprobs(self, prompts: Sequence[cc.Prompt], seed: int
+                           ) -> tuple[np.ndarray, list[str]]:
+    """Reasoning (as ``reasoning``, batch by batch) and the [n, 2] option log-probs after
+    each ``cot_answer_prompt``, scored on the reasoning's cache where it pays
+    (``continued_option_logprobs``); the other rows go through ``option_logprobs``."""
+    tok = self.tokenizer
+    out = np.zeros((len(prompts), 2), np.float32)
+    reasoning, answers, again = [], [], []
+    for i in range(0, len(prompts), self.batch_size):
+      chunk = prompts[i:i + self.batch_size]
+      res = self.sampler.generate([p.token_ids(tok) for p in chunk], keep_state=True,
+                                  seed=call_seed(seed, "cot", i), **self._cot_kw)
+      texts = [cc.trim_reasoning(tok.decode_generated(t)) for t in res.tokens]
+      asked = [cc.cot_answer_prompt(p, r) for p, r in zip(chunk, texts)]
+      rows = [[option_tokens(a, tok, o) for o in cc.OPTIONS] for a in asked]
+      lp, used = continued_option_logprobs(self.sampler, res.conversation,
+                                           [row[0][0] for row in rows],
+                                           [[opt for _, opt in row] for row in rows])
+      out[i + np.flatnonzero(used)] = lp[used]
+      again += [i + j for j in np.flatnonzero(~used)]
+      reasoning += texts
+      answers += asked
+    if again:
+      out[again] = self.option_logprobs([answers[j] for j in again])
+    self.cot_counts["answers"] += len(prompts)
+    self.cot_counts["reprefilled"] += len(again)
+    _log.debug("chain-of-thought answers: %d of %d prefilled again", len(again), len(prompts))
+    return out, reasoning

@@ -8,6 +8,8 @@ Public API:
     start / extend / decode for finer control.
   candidate_logprobs(model, sequences, candidates, ...): judge option log-probs.
   option_logprobs(model, prompts, options, ...): k short options per prompt, one prefill.
+  continued_option_logprobs(sampler, conversation, sequences, options): the same options
+    after sequences that continue a live conversation's rows (its cache is reused).
   sequence_logprobs(model, prompts, continuations, ...): summed continuation log-probs.
   generate_texts(sampler, tokenizer, prompts, ...): continuations decoded to text.
   call_seed(*parts): a seed as a pure function of names.
@@ -25,9 +27,10 @@ from cai_jax.sampling.select import Mode
 
 __all__ = ["Conversation", "DecodeState", "Mode", "SampleOutput", "Sampler",
            "call_seed", "continue_generation", "generate"]
-from cai_jax.sampling.scoring import (SequenceScores, candidate_logprobs, option_logprobs,
+from cai_jax.sampling.scoring import (SequenceScores, candidate_logprobs,
+                                     continued_option_logprobs, option_logprobs,
                                      sequence_logprobs)
 from cai_jax.sampling.text import generate_texts
 
-__all__ += ["SequenceScores", "candidate_logprobs", "generate_texts", "option_logprobs",
-            "sequence_logprobs"]
+__all__ += ["SequenceScores", "candidate_logprobs", "continued_option_logprobs",
+            "generate_texts", "option_logprobs", "sequence_logprobs"]

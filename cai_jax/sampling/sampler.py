@@ -345,8 +345,7 @@ class Sampler:
       conv, budget = self._budgets(conv, max_new_tokens)
       if max(budget) == 0:
         return self._nothing(conv, budget, max_new_tokens, keep_state)
-      budget_b = np.zeros((conv.batch,), np.int32)
-      budget_b[:conv.rows] = budget
+      budget_b = np.pad(np.asarray(budget, np.int32), (0, conv.batch - conv.rows))
       conv.consumed = True
       state, out = self._decode(
           conv, logits, jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
@@ -374,17 +373,15 @@ class Sampler:
 
   def _decode(self, conv: Conversation, logits: jax.Array, *args, num_out: int, mode,
               collect_logits: bool) -> tuple[DecodeState, engine.DecodeOutput]:
-    """The sampling loop in segments whose steps attend to the live part of the cache
-    (``buckets.attend_bucket`` of the next write slot): one host check per segment."""
+    """The sampling loop in segments, each attending to the live cache (``attend_bucket``)."""
     carry = self._run(engine.decode_begin, conv.state, logits, *args, num_out=num_out,
                       mode=mode, collect_logits=collect_logits)
-    slot = conv.slot
-    while True:
+    done, slot = False, conv.slot
+    while not done:
       carry = self._run(engine.decode_run, self.graphdef, self.params, carry, *args,
                         mode=mode, attend_len=buckets.attend_bucket(slot + 1, conv.cache_len))
       done, slot = jax.device_get((jnp.all(carry.done_b), carry.state.slot))
-      if done:
-        return carry.state, carry.output()
+    return carry.state, carry.output()
 
   def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                num_samples: int = 1, cache_len: int | None = None, **kwargs) -> SampleOutput:

@@ -7,6 +7,10 @@
 * ``option_logprobs``: log p(option | prompt) summed over each option's tokens, for k
   short options per prompt (a judge's "(A)" / "(B)" on a BPE vocabulary): the prompt is
   prefilled once and its cache forked k ways, so the options cost only their own tokens.
+* ``continued_option_logprobs``: the same k options, each row scored after a sequence that
+  shares a prefix with a live conversation's row (a judge's answer prompt after the
+  reasoning it sampled): the row's cache is cut back to the shared prefix and only the
+  rest is appended, so the sequence is not prefilled again.
 * ``sequence_logprobs``: sum (and per-token values) of log p(continuation |
   prompt) for DPO / PPO reference scores. The LM head runs only over the
   continuation span, in chunks of positions, so the full [b, t, v] logits tensor
@@ -30,7 +34,7 @@ from flax import nnx
 
 from cai_jax.sampling import buckets, engine
 from cai_jax.sampling import cache as cache_lib
-from cai_jax.sampling.sampler import Sampler
+from cai_jax.sampling.sampler import Conversation, Sampler
 
 _CHUNK = 128  # positions per LM-head chunk in sequence_logprobs
 
@@ -166,9 +170,139 @@ def _options(s: Sampler, prompts, flat: list[list[int]], longest: int, k: int) -
   tokens, lengths = buckets.left_pad(flat, t, conv.batch)
   conv.consumed = True
   rest = s._run(engine.extend_logprobs, s.graphdef, s.params, conv.state,
-                s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)))
+                s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)),
+                attend_len=buckets.attend_bucket(conv.slot + t, conv.cache_len))
   total = lp_first[:len(flat)] + np.asarray(jax.device_get(rest)).sum(axis=1)[:len(flat)]
   return total.reshape(len(prompts), k).astype(np.float32)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _cut_back(state: cache_lib.DecodeState, keep_b: jax.Array) -> cache_lib.DecodeState:
+  """Keeps each row's first ``keep_b`` tokens (positions ``< keep_b``) in its cache: later
+  slots are masked out, the pending token dropped, the next position set to ``keep_b``.
+  The slots stay where they are; the next chunk is written at ``slot`` as always."""
+  valid = state.valid_bs & (state.kpos_bs < keep_b[:, None])
+  return cache_lib.constrain_state(state._replace(
+      valid_bs=valid, pos_b=keep_b.astype(jnp.int32),
+      pending_ok_b=jnp.zeros_like(state.pending_ok_b)))
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+  """Length of the common prefix of two token lists."""
+  n = min(len(a), len(b))
+  return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _plan(batch: int, seqs: list[list[int]], keep: list[int], ok: list[bool]) -> list[bool]:
+  """Which eligible rows continue their cache: the extend chunk is as wide as the bucket
+  of the longest continuation (plus the pending column), for every row of the batch, so
+  a row that needs a long one may cost more than prefilling it again. Picks the chunk
+  width that minimises ``batch * width`` + the tokens of the rows left to a re-prefill
+  (ties: more rows cached)."""
+  need = [buckets.length_bucket(len(x) - k + 1) for x, k in zip(seqs, keep)]
+  best_cost, best_w = sum(len(x) for x in seqs), 0          # width 0: nothing cached
+  for w in sorted({n for n, o in zip(need, ok) if o}):
+    cost = batch * w + sum(len(x) for x, n, o in zip(seqs, need, ok) if not (o and n <= w))
+    if cost <= best_cost:
+      best_cost, best_w = cost, w
+  return [o and n <= best_w for n, o in zip(need, ok)]
+
+
+def continued_option_logprobs(s: Sampler, conv: Conversation,
+                              sequences: Sequence[Sequence[int]],
+                              options: Sequence[Sequence[Sequence[int]]]
+                              ) -> tuple[np.ndarray, np.ndarray]:
+  """``option_logprobs`` of each conversation row's sequence, continuing its cache.
+
+  Row i of ``conv`` (e.g. a prompt and the reasoning sampled after it, ``keep_state=
+  True``) and ``sequences[i]`` (e.g. the prompt, the trimmed reasoning and an answer
+  cue) share a prefix of tokens: the row's cache is cut back to it (at most all but the
+  sequence's last token, which gives the options' logits), the rest of the sequence is
+  appended (``Sampler.extend``) and the options are scored from there: a first token from
+  the extend's logits, the others by ``engine.extend_logprobs`` on that state (once per
+  option; the state is not consumed by it). The numbers equal a fresh prefill of the
+  sequence up to float summation order.
+
+  A row is left to the caller (``used[i]`` False: score it with ``option_logprobs``) when
+  its prompt was truncated (``conv.dropped``), when the sequence and its longest option
+  pass ``max_len`` (a fresh prefill truncates it), when the conversation's decode went
+  round its cache, or when the part to append is so long that prefilling the row again
+  is cheaper (``_plan``). The conversation is consumed (its cache freed) in any case.
+
+  Args:
+    s: the sampler that holds ``conv``.
+    conv: a live conversation with one row per sequence.
+    sequences: per row, the non-empty token ids the options follow.
+    options: per row, k non-empty token-id lists (the same k for every row).
+
+  Returns:
+    (log-probs [n, k] float32, NaN where not used; ``used`` [n] bool).
+  """
+  s._check_live(conv)  # pylint: disable=protected-access
+  n, k = len(sequences), len(options[0]) if options else 0
+  if n != conv.rows or len(options) != n or any(len(o) != k for o in options) or k == 0:
+    raise ValueError(f"need one sequence and the same number (>= 1) of options for each of "
+                     f"the conversation's {conv.rows} rows")
+  if any(len(x) == 0 for x in sequences) or any(len(o) == 0 for row in options for o in row):
+    raise ValueError("sequences and options must be non-empty")
+  out = np.full((n, k), np.nan, np.float32)
+  seqs = [list(x) for x in sequences]
+  longest = max(len(o) for row in options for o in row)
+  with s.call_scope():
+    n_valid = np.asarray(jax.device_get(jnp.sum(conv.state.valid_bs, axis=1)))[:n]
+    pend = np.asarray(jax.device_get(conv.state.pending_ok_b))[:n]
+    keep = [min(_shared(h, x), len(x) - 1, len(h) - int(p))
+            for h, x, p in zip(conv.history, seqs, pend)]
+    ok = [conv.slot <= conv.cache_len and d == 0 and len(h) - int(p) == v and
+          len(x) + longest <= s.max_len
+          for h, x, p, v, d in zip(conv.history, seqs, pend, n_valid, conv.dropped)]
+    used = _plan(conv.batch, seqs, keep, ok)
+    if not any(used):
+      _free(conv)
+      return out, np.asarray(used)
+    # Rows left to the caller keep nothing and append one token (ignored).
+    keep = [c if u else 0 for c, u in zip(keep, used)]
+    extra = [x[c:] if u else x[-1:] for x, c, u in zip(seqs, keep, used)]
+    keep_b = np.zeros((conv.batch,), np.int32)
+    keep_b[:n] = keep
+    conv.consumed = True
+    conv = dataclasses.replace(
+        conv, consumed=False, history=[h[:c] for h, c in zip(conv.history, keep)],
+        state=s._run(_cut_back, conv.state, s._put(keep_b, ("batch",))))
+    multi = any(len(o) > 1 for row, u in zip(options, used) if u for o in row)
+    t_opt = buckets.length_bucket(longest) if multi else 0
+    # Room for the appended text and the option chunk at once (one copy at most).
+    conv = s._ensure_room(  # pylint: disable=protected-access
+        conv, buckets.length_bucket(max(len(e) for e in extra) + 1) + t_opt)
+    conv, logits = s.extend(conv, extra, max_new_tokens=1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    first = np.zeros((conv.batch, k), np.int32)
+    first[:n] = [[o[0] for o in row] for row in options]
+    lp = np.array(jax.device_get(jnp.take_along_axis(
+        logp, s._put(first, ("batch", None)), axis=1)))[:n]
+    if multi:
+      conv = s._ensure_room(conv, t_opt)  # pylint: disable=protected-access
+      t = buckets.length_bucket(longest, conv.free_slots)
+      if t > conv.free_slots:
+        raise RuntimeError(f"no room for {longest} option tokens in the cache "
+                           f"({conv.free_slots} free slots)")
+      for j in range(k):
+        tokens, lengths = buckets.left_pad([row[j] for row in options], t, conv.batch)
+        rest = s._run(engine.extend_logprobs, s.graphdef, s.params, conv.state,
+                      s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)),
+                      attend_len=buckets.attend_bucket(conv.slot + t, conv.cache_len))
+        lp[:, j] += np.asarray(jax.device_get(rest)).sum(axis=1)[:n]
+    _free(conv)
+  used = np.asarray(used)
+  out[used] = lp[used]
+  return out, used
+
+
+def _free(conv: Conversation) -> None:
+  """Consumes a conversation and frees its cache now (not when it is collected)."""
+  conv.consumed = True
+  for x in jax.tree.leaves(conv.state):
+    x.delete()
 
 
 @dataclasses.dataclass

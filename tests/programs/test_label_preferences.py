@@ -197,6 +197,10 @@ def test_chain_of_thought_labels_are_clamped_to_the_paper_band_by_default(inputs
   assert any(r["reasoning"] for r in rows)
   summary = json.loads((tmp_path / "diagnostics.json").read_text())["summary"]
   assert summary["chain_of_thought"] and summary["clamp"] == "(0.4, 0.6)"
+  # one judged prompt per pair (one principle, one order); how many of their answer prompts
+  # were prefilled again rather than continued on the reasoning's cache
+  assert summary["cot_answers"] == len(rows)
+  assert 0 <= summary["cot_answers_reprefilled"] <= len(rows)
 
 
 def test_bad_clamp_fails_before_any_work(inputs, tmp_path):

@@ -212,6 +212,12 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
     spent = timing["generation_s"] + timing["judge_s"]
     summary.update({"pairs_per_s": timing["pairs"] / spent,
                     "generation_share": timing["generation_s"] / spent})
+  if timing.get("cot"):   # this run's chain-of-thought answers, and those prefilled again
+    summary.update({"cot_answers": timing["cot"]["answers"],
+                    "cot_answers_reprefilled": timing["cot"]["reprefilled"]})
+    _log.info("label_preferences: %d of %d chain-of-thought answer prompts were prefilled "
+              "again (the others continued their reasoning's cache)",
+              timing["cot"]["reprefilled"], timing["cot"]["answers"])
   workdir_lib.write_json(os.path.join(workdir, "diagnostics.json"),
                          {"summary": summary, "diagnostics": diag})
   report = diagnostics_markdown(diag, summary)
@@ -251,6 +257,8 @@ def _label_shards(shards: Shards, todo: list[int], prompts: list, sampler: Sampl
       for k in ("generation_s", "judge_s"):
         timing[k] += t[k]
       timing["pairs"] += len(batch_rows)
+      if feedback.chain_of_thought:   # answer prompts scored, and those prefilled again
+        timing["cot"] = dict(feedback.cot_counts)
       bar.update(len(items[b:b + batch_size]))
       spent = timing["generation_s"] + timing["judge_s"]
       bar.set_postfix(pairs_s=f"{timing['pairs'] / max(spent, 1e-9):.1f}")
