@@ -83,14 +83,18 @@ class FeedbackModel:
     self._cot_kw = dict(max_new_tokens=cot_max_new_tokens, temperature=cot_temperature,
                         stop_tokens=tokenizer.stop_ids)
 
-  def reasoning(self, prompts: Sequence[cc.Prompt], seed: int) -> list[str]:
-    """The chain of thought written after each (CoT) comparison prompt."""
-    out = []
+  def _reason(self, prompts: Sequence[cc.Prompt], seed: int, keep_state: bool):
+    """Yields (first index, sampler output, trimmed reasoning texts) batch by batch."""
     for i in range(0, len(prompts), self.batch_size):
       chunk = [p.token_ids(self.tokenizer) for p in prompts[i:i + self.batch_size]]
-      res = self.sampler.generate(chunk, seed=call_seed(seed, "cot", i), **self._cot_kw)
-      out += [cc.trim_reasoning(self.tokenizer.decode_generated(t)) for t in res.tokens]
-    return out
+      res = self.sampler.generate(chunk, seed=call_seed(seed, "cot", i),
+                                  keep_state=keep_state, **self._cot_kw)
+      yield i, res, [cc.trim_reasoning(self.tokenizer.decode_generated(t))
+                     for t in res.tokens]
+
+  def reasoning(self, prompts: Sequence[cc.Prompt], seed: int) -> list[str]:
+    """The chain of thought written after each (CoT) comparison prompt."""
+    return [r for _, _, texts in self._reason(prompts, seed, False) for r in texts]
 
   def option_logprobs(self, prompts: Sequence[cc.Prompt]) -> np.ndarray:
     """[n, 2] log-probs of the "(A)" and "(B)" token sequences right after each prompt.
@@ -141,12 +145,8 @@ class FeedbackModel:
     tok = self.tokenizer
     out = np.zeros((len(prompts), 2), np.float32)
     reasoning, answers, again = [], [], []
-    for i in range(0, len(prompts), self.batch_size):
-      chunk = prompts[i:i + self.batch_size]
-      res = self.sampler.generate([p.token_ids(tok) for p in chunk], keep_state=True,
-                                  seed=call_seed(seed, "cot", i), **self._cot_kw)
-      texts = [cc.trim_reasoning(tok.decode_generated(t)) for t in res.tokens]
-      asked = [cc.cot_answer_prompt(p, r) for p, r in zip(chunk, texts)]
+    for i, res, texts in self._reason(prompts, seed, True):
+      asked = [cc.cot_answer_prompt(p, r) for p, r in zip(prompts[i:i + len(texts)], texts)]
       rows = [[option_tokens(a, tok, o) for o in cc.OPTIONS] for a in asked]
       lp, used = continued_option_logprobs(self.sampler, res.conversation,
                                            [row[0][0] for row in rows],

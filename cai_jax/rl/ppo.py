@@ -43,7 +43,7 @@ from cai_jax.losses.lm import token_logprobs
 from cai_jax.models.scores import response_scores
 from cai_jax.rl.reward import RewardModel
 from cai_jax.sampling import Sampler, buckets, call_seed
-from cai_jax.sharding import batch_putter
+from cai_jax.sharding import batch_putter, check_batch_divides
 from cai_jax.train import state as state_lib
 
 DEFAULT_REFUSAL_MARKERS = ("i can't", "i cannot", "i can not", "i won't", "sorry")
@@ -225,7 +225,7 @@ class PPOLearner:
                state_shardings: state_lib.TrainState):
     self.cfg, self.mesh, self.graphdefs = cfg, mesh, graphdefs
     self.ref_params, self.reward, self.tok = ref_params, reward, reward.tokenizer
-    batch_putter(mesh, cfg.minibatch_size)   # checks the minibatch divides over the mesh
+    check_batch_divides(mesh, cfg.minibatch_size)   # minibatches are gathered on device
     self._put_rollout = batch_putter(mesh, cfg.rollout_batch)
     self._score = jax.jit(functools.partial(score_rollout, graphdefs))
     self._adv = jax.jit(functools.partial(advantages, estimator=cfg.kl_estimator,

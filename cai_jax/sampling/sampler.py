@@ -7,14 +7,12 @@ shortcuts on an NNX model (the public API in the README).
 
 Prefix reuse:
 * ``num_samples=n`` prefills each prompt once and forks the cache n ways.
-* ``keep_state=True`` returns a ``Conversation`` (the live KV cache); passing it
-  to ``continue_generation`` with extra text per row appends that text (one
-  chunked prefill of the new tokens only) and samples again. A conversation is
-  consumed by the call that continues it (its cache is donated).
+* ``keep_state=True`` returns a ``Conversation`` (the live KV cache); passing it to
+  ``continue_generation`` with extra text per row appends that text (a chunked prefill of
+  the new tokens only) and samples again, consuming it (its cache is donated).
 
-Length limit: every call keeps rows within the model's ``cfg.max_seq_len`` (the cache
-is never longer) under the sampler's overflow policy (``limits``): "truncate" keeps
-the last tokens of over-long text and stops rows at the limit, "error" raises first.
+Length limit: rows (and the cache) stay within ``cfg.max_seq_len`` under the overflow
+policy (``limits``): "truncate" keeps the last tokens and stops rows there, "error" raises.
 """
 from __future__ import annotations
 
@@ -67,6 +65,11 @@ class Conversation:
   def lengths(self) -> list[int]:
     return [len(h) for h in self.history]
 
+  def free(self) -> None:
+    """Consumes the conversation and frees its cache now (not when it is collected)."""
+    self.consumed = True
+    jax.tree.map(lambda x: x.delete(), self.state)
+
 
 @dataclasses.dataclass
 class SampleOutput:
@@ -78,9 +81,8 @@ class SampleOutput:
     logprobs: matching base-model log-probs (before temperature / top-k / top-p).
     conversation: the live state when ``keep_state=True``, else None.
     step_logits: [batch, N, v] logits of every step when ``collect_logits`` (tests).
-    dropped: per row, tokens dropped from the front of its prompt (or, for a
-      continuation that passed the limit, of its whole sequence) to fit
-      ``max_seq_len`` (0: none).
+    dropped: per row, tokens dropped from the front of its prompt (or of its whole
+      sequence, for a continuation past the limit) to fit ``max_seq_len`` (0: none).
     at_limit: per row, True when it stopped at ``max_seq_len`` before its budget.
   """
 
@@ -291,9 +293,7 @@ class Sampler:
                  ) -> tuple[Conversation, jax.Array]:
     """Replaces a conversation by a fresh prefill of its rows' sequences (its cache is
     freed first)."""
-    conv.consumed = True
-    for x in jax.tree.leaves(conv.state):
-      x.delete()
+    conv.free()
     return self._prefill(self.fit(seqs, reserve=max_new_tokens, what="sequence"), 1, None,
                          max_new_tokens)
 

@@ -258,7 +258,7 @@ def continued_option_logprobs(s: Sampler, conv: Conversation,
           for h, x, p, v, d in zip(conv.history, seqs, pend, n_valid, conv.dropped)]
     used = _plan(conv.batch, seqs, keep, ok)
     if not any(used):
-      _free(conv)
+      conv.free()
       return out, np.asarray(used)
     # Rows left to the caller keep nothing and append one token (ignored).
     keep = [c if u else 0 for c, u in zip(keep, used)]
@@ -292,17 +292,10 @@ def continued_option_logprobs(s: Sampler, conv: Conversation,
                       s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)),
                       attend_len=buckets.attend_bucket(conv.slot + t, conv.cache_len))
         lp[:, j] += np.asarray(jax.device_get(rest)).sum(axis=1)[:n]
-    _free(conv)
+    conv.free()
   used = np.asarray(used)
   out[used] = lp[used]
   return out, used
-
-
-def _free(conv: Conversation) -> None:
-  """Consumes a conversation and frees its cache now (not when it is collected)."""
-  conv.consumed = True
-  for x in jax.tree.leaves(conv.state):
-    x.delete()
 
 
 @dataclasses.dataclass
