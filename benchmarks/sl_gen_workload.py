@@ -29,6 +29,8 @@ def main(argv=None) -> None:
   p.add_argument("--run_dir", default="runs/toy_world")
   p.add_argument("--num_prompts", type=int, default=256)
   p.add_argument("--constitution", default="constitutions/toy.json")
+  p.add_argument("--static", action="store_true",
+                 help="static batches (generate_sl.continuous=False)")
   args = p.parse_args(argv)
   compiles = [0]
 
@@ -45,12 +47,14 @@ def main(argv=None) -> None:
                 constitution_path=os.path.abspath(args.constitution),
                 tokenizer_path=f"{run}/data/tokenizer.model", num_rounds=4, context="latest",
                 exemplars=False, max_new_tokens=96, temperature=0.0, shard_size=256,
-                batch_size=128, max_prompts=args.num_prompts, seed=0)
+                batch_size=128, max_prompts=args.num_prompts, seed=0,
+                continuous=not args.static)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for f in sorted(glob.glob(f"{work}/shards/*.jsonl"))
             for line in open(f, encoding="utf-8")]
   digest = hashlib.sha256("\n".join(r["final"] for r in rows).encode()).hexdigest()[:12]
-  print(f"code {os.path.dirname(cai_jax.__file__)}: {args.num_prompts} prompts in {wall:.1f} s "
+  print(f"code {os.path.dirname(cai_jax.__file__)} "
+        f"({'static' if args.static else 'continuous'}): {args.num_prompts} prompts in {wall:.1f} s "
         f"({args.num_prompts / wall:.2f} prompts/s), {compiles[0]} compilations, "
         f"{sum(r['num_generated_tokens'] for r in rows)} generated tokens, finals {digest}")
 

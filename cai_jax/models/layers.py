@@ -112,6 +112,16 @@ def window_mask(mask_bts: jax.Array, q_pos_bt: jax.Array, k_pos_bs: jax.Array,
   return mask_bts & (q_pos_bt[:, :, None] - k_pos_bs[:, None, :] < window)
 
 
+def _write_cache(cache_bsmk: jax.Array, x_btmk: jax.Array, index) -> jax.Array:
+  """Writes ``x`` into the cache at slot ``index`` (a scalar: every row; [b]: per row)."""
+  x_btmk = x_btmk.astype(cache_bsmk.dtype)
+  if jnp.ndim(index) == 0:
+    return jax.lax.dynamic_update_slice(cache_bsmk, x_btmk, (0, index, 0, 0))
+  b, t = x_btmk.shape[:2]
+  slots = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
+  return cache_bsmk.at[jnp.arange(b)[:, None], slots].set(x_btmk, mode="drop")
+
+
 class Attention(nnx.Module):
   """Grouped-query causal self-attention with an optional KV cache.
 
@@ -165,7 +175,8 @@ class Attention(nnx.Module):
       mask_bts: [b, t, s] bool, True where query t may attend key s.
       cache: optional dict with ``k``/``v`` [b, S, m, k]; the new keys and values are
         written at ``cache_index`` and attention runs over all S slots.
-      cache_index: int32 scalar, the slot of the first new token.
+      cache_index: int32 scalar, the slot of the first new token; or [b] int32, one
+        slot per row (rows with their own write pointers; writes past the end are dropped).
       key_positions_bs: [b, s] int32 position of every key (a sliding-window layer
         needs them); default ``positions_bt`` (no cache).
       attend_len: static; with a cache, attend only to its first ``attend_len`` slots
@@ -181,9 +192,7 @@ class Attention(nnx.Module):
     q = rope(q, positions_bt, np.asarray(self.inv_freq, np.float32))
     k = rope(k, positions_bt, np.asarray(self.inv_freq, np.float32))
     if cache is not None:
-      idx = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), idx)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), idx)
+      k, v = (_write_cache(cache[n], x, cache_index) for n, x in (("k", k), ("v", v)))
       cache = {"k": k, "v": v}
       if attend_len is not None and attend_len < k.shape[1]:
         k, v, mask_bts = k[:, :attend_len], v[:, :attend_len], mask_bts[..., :attend_len]

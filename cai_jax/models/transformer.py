@@ -65,7 +65,8 @@ class Transformer(nnx.Module):
       segment_ids_bt: [b, t] int32 packing ids (0 = padding); optional.
       mask_bts: [b, t, s] bool attention mask; default causal (and per segment).
       cache: optional list (one per layer) of ``{"k", "v"}`` [b, S, m, k] arrays.
-      cache_index: int32 scalar slot where the new tokens' keys are written.
+      cache_index: int32 scalar slot where the new tokens' keys are written, or [b]
+        int32 slots, one per row.
       key_positions_bs: [b, S] int32 position of every cache slot after the write; needed
         with a cache when the model has sliding-window layers.
       attend_len: static; with a cache, attention reads only its first ``attend_len``

@@ -258,7 +258,11 @@ def _sample(carry: DecodeCarry, logits: jax.Array, key, temperature, top_p, stop
             mode: Mode) -> DecodeCarry:
   """Samples the next token of every active row from ``logits`` and records it."""
   step = carry.step
-  tok, lp = select(logits, jax.random.fold_in(key, step), temperature, top_p, mode)
+  if key.ndim:   # [b] row keys: a row's step i uses fold_in(its key, i)
+    step_key = jax.vmap(jax.random.fold_in)(key, carry.counts_b)
+  else:
+    step_key = jax.random.fold_in(key, step)
+  tok, lp = select(logits, step_key, temperature, top_p, mode)
   active = ~carry.done_b
   all_logits = carry.logits_bnv
   if all_logits is not None:
@@ -343,7 +347,8 @@ def decode(graphdef: nnx.GraphDef, params, state: DecodeState, logits_bv: jax.Ar
     graphdef, params: the split model.
     state: donated decode state with no pending tokens (fresh from prefill/extend).
     logits_bv: [b, v] float32 logits for the first new token.
-    key: PRNG key; step i uses ``fold_in(key, i)``.
+    key: PRNG key, step i uses ``fold_in(key, i)``; or [b] keys, one per row, whose
+      i-th token uses ``fold_in(key[r], i)`` (draws independent of the batch).
     temperature, top_p: float32 scalars (traced: no recompile when they change).
     stops: [n_stop] int32 stop ids, -1 padded.
     max_new: int32 scalar or [b] per-row budgets, max_new <= num_out; a row with a

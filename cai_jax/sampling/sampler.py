@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from cai_jax.models import api as model_api
 from cai_jax.sampling import buckets, engine, limits
 from cai_jax.sampling.cache import DecodeState
-from cai_jax.sampling.select import make_mode
+from cai_jax.sampling.select import make_keys, make_mode
 from cai_jax.sharding.rules import logical_to_spec
 
 
@@ -141,9 +141,7 @@ class Sampler:
   # -- placement ---------------------------------------------------------------------------
 
   def _batch_multiple(self) -> int:
-    if self.mesh is None:
-      return 1
-    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    return 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
   def _put(self, x: np.ndarray, axes: tuple) -> jax.Array:
     if self.mesh is None:
@@ -332,11 +330,12 @@ class Sampler:
   def decode(self, conv: Conversation, logits: jax.Array, *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              stop_tokens: Sequence[int] = (), keep_state: bool = False,
-             collect_logits: bool = False) -> SampleOutput:
+             collect_logits: bool = False, row_seeds: Sequence[int] | None = None
+             ) -> SampleOutput:
     """Samples from a conversation whose last logits are ``logits`` (see ``start``).
 
-    A row generates at most ``max_len`` minus its length tokens (policy "error": raises
-    instead).
+    A row generates at most ``max_len`` minus its length tokens (policy "error": raises).
+    ``row_seeds``: a seed per row instead of ``seed`` (draws independent of the batch).
     """
     self._check_live(conv)
     if max_new_tokens < 1:
@@ -348,7 +347,8 @@ class Sampler:
       budget_b = np.pad(np.asarray(budget, np.int32), (0, conv.batch - conv.rows))
       conv.consumed = True
       state, out = self._decode(
-          conv, logits, jax.random.key(seed), jnp.float32(max(temperature, 1e-6)),
+          conv, logits, make_keys(seed, row_seeds, conv.rows, conv.batch),
+          jnp.float32(max(temperature, 1e-6)),
           jnp.float32(top_p), jnp.asarray(buckets.stop_array(stop_tokens)),
           self._put(budget_b, ("batch",)),
           num_out=buckets.length_bucket(min(max_new_tokens, self.max_len)),

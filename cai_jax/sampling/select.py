@@ -11,6 +11,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _NEG_INF = -jnp.inf
 
@@ -41,6 +42,17 @@ def make_mode(temperature: float, top_k: int, top_p: float) -> Mode:
   if temperature == 0:
     return Mode(greedy=True)
   return Mode(greedy=False, top_k=int(top_k), top_p=top_p < 1.0)
+
+
+def make_keys(seed: int, row_seeds=None, rows: int = 0, batch: int = 0) -> jax.Array:
+  """The PRNG key of a sampling call: ``key(seed)``, or with ``row_seeds`` one key per row
+  (``rows`` real ones, padded with zeros to ``batch``)."""
+  if row_seeds is None:
+    return jax.random.key(seed)
+  if len(row_seeds) != rows:
+    raise ValueError(f"got {len(row_seeds)} row_seeds for {rows} rows")
+  seeds = np.pad(np.asarray(row_seeds, np.uint32), (0, batch - rows))
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds))
 
 
 def filtered_logits(logits_bv: jax.Array, temperature: jax.Array, top_p: jax.Array,
@@ -80,7 +92,7 @@ def select(logits_bv: jax.Array, key: jax.Array, temperature: jax.Array, top_p: 
 
   Args:
     logits_bv: [b, v] float32 raw logits at the last position.
-    key: PRNG key for this step (ignored when greedy).
+    key: PRNG key for this step, or [b] keys, one per row (ignored when greedy).
     temperature, top_p: traced float32 scalars.
     mode: static choices.
 
@@ -93,5 +105,8 @@ def select(logits_bv: jax.Array, key: jax.Array, temperature: jax.Array, top_p: 
     tok = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
   else:
     x = filtered_logits(logits_bv, temperature, top_p, mode)
-    tok = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+    if key.ndim:   # one key per row: a row's draw does not depend on the batch around it
+      tok = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, x).astype(jnp.int32)
+    else:
+      tok = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
   return tok, jnp.take_along_axis(logp_bv, tok[:, None], axis=-1)[:, 0]

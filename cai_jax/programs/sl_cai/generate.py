@@ -44,6 +44,7 @@ from cai_jax.data.shards import Shards
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import SavedModel
 from cai_jax.sampling import Sampler, call_seed
+from cai_jax.sampling.continuous import Request, run_jobs
 from cai_jax.sharding import build_mesh
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
@@ -98,8 +99,13 @@ def _step_prompt(chain: _Chain, kind: str, rnd: int, direct: bool,
   return cc.revision_prompt(chain.conversation, p, exemplars)
 
 
+def _turn_seed(seed: int, chain: _Chain, step: int) -> int:
+  """The seed of one turn of one chain: independent of batches, shards and scheduling."""
+  return call_seed(seed, "turn", chain.index, step)
+
+
 def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[int]], *,
-              eos: int, planned_fresh: bool, prefix_reuse: bool, seed: int, **kw):
+              eos: int, planned_fresh: bool, prefix_reuse: bool, seed: int, step: int, **kw):
   """Samples one turn for every chain; returns (tokens per chain, live conversation).
 
   Rows whose cached ids are a prefix of their target continue the live cache with only
@@ -112,7 +118,8 @@ def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[i
   tokens: list[list[int] | None] = [None] * len(chains)
   if any(live):
     extra = [t[len(c.cached):] if ok else [eos] for c, t, ok in zip(chains, targets, live)]
-    out = sampler.continue_generation(conv, extra, seed=seed, keep_state=True, **kw)
+    out = sampler.continue_generation(conv, extra, keep_state=True, row_seeds=[
+        _turn_seed(seed, c, step) for c in chains], **kw)
     conv = out.conversation
     for i, ok in enumerate(live):
       if ok:   # a row refilled from its last tokens (model length limit) no longer matches
@@ -121,8 +128,8 @@ def _run_step(sampler: Sampler, conv, chains: list[_Chain], targets: list[list[i
   fresh = [i for i, ok in enumerate(live) if not ok]
   if fresh:
     whole = len(fresh) == len(chains)   # a full restart keeps the new cache
-    out = sampler.generate([targets[i] for i in fresh], seed=call_seed(seed, "fresh"),
-                           keep_state=whole and prefix_reuse, **kw)
+    out = sampler.generate([targets[i] for i in fresh], keep_state=whole and prefix_reuse,
+                           row_seeds=[_turn_seed(seed, chains[i], step) for i in fresh], **kw)
     conv = out.conversation if whole else conv
     for j, i in enumerate(fresh):
       tokens[i] = out.tokens[j]
@@ -138,47 +145,104 @@ def _generate_batch(sampler: Sampler, tok: Tokenizer, chains: list[_Chain], *,
   """Runs every step of a batch of chains in place; returns generated tokens."""
   conv, total = None, 0
   for s, (kind, rnd) in enumerate(_steps(num_rounds, direct)):
-    opens_round = rnd > 0 and kind == ("revision" if direct else "critique")
-    if context == "latest" and opens_round:   # the latest revision becomes the answer
-      for c in chains:
-        c.conversation = cc.revised_dialogue(c.conversation)
-    prompts = [_step_prompt(c, kind, rnd, direct, exemplars) for c in chains]
-    targets = [p.token_ids(tok) for p in prompts]
-    planned = (s == 0 or (s == 1 and bool(exemplars))   # exemplars precede turn 1 on
-               or (context == "latest" and opens_round))
-    tokens, conv = _run_step(sampler, conv, chains, targets, eos=tok.eos_id,
-                             planned_fresh=planned, prefix_reuse=prefix_reuse,
-                             seed=call_seed(seed, s), **kw)
-    name = kind if kind == "initial" else f"{kind}.{rnd}"
-    for c, p, t in zip(chains, prompts, tokens):
-      text = tok.decode_generated(t)
-      c.texts[name] = text
-      c.conversation = p.conversation(text)
-      c.num_tokens += len(t)
-      if not set(tok.stop_ids) & set(t):
-        c.flags.append(f"{name}:truncated")
-      if not text:
-        c.flags.append(f"{name}:empty")
+    turns = [_turn(c, s, kind, rnd, direct, exemplars, context, tok) for c in chains]
+    tokens, conv = _run_step(sampler, conv, chains, [t[1] for t in turns], eos=tok.eos_id,
+                             planned_fresh=turns[0][2], prefix_reuse=prefix_reuse,
+                             seed=seed, step=s, **kw)
+    for c, (prompt, _, _), t in zip(chains, turns, tokens):
+      _record(c, kind, rnd, prompt, t, tok)
     total += sum(map(len, tokens))
   return total
 
 
-def _shard_rows(sampler: Sampler, tok: Tokenizer, const: cc.Constitution, prompts: list,
-                items: range, *, num_rounds: int, direct: bool, exemplars, prefix_reuse: bool,
-                seed: int, shard: int, batch_size: int, bar, counter: dict, context: str,
-                **kw) -> list[dict]:
-  """Generates the chains of one shard's prompts, in sampler batches; returns its rows."""
-  chains = [_Chain(i, *prompts[i], cc.sample_critique_principles(
+def _turn(chain: _Chain, s: int, kind: str, rnd: int, direct: bool,
+          exemplars: Sequence[cc.Exemplar], context: str, tok: Tokenizer
+          ) -> tuple[cc.Prompt, list[int], bool]:
+  """Step ``s`` of a chain: (its prompt, the prompt's token ids, whether the step is a
+  planned fresh prefill rather than a continuation of the chain's cache)."""
+  opens_round = rnd > 0 and kind == ("revision" if direct else "critique")
+  if context == "latest" and opens_round:   # the latest revision becomes the answer
+    chain.conversation = cc.revised_dialogue(chain.conversation)
+  prompt = _step_prompt(chain, kind, rnd, direct, exemplars)
+  planned = (s == 0 or (s == 1 and bool(exemplars))   # exemplars precede turn 1 on
+             or (context == "latest" and opens_round))
+  return prompt, prompt.token_ids(tok), planned
+
+
+def _record(chain: _Chain, kind: str, rnd: int, prompt: cc.Prompt, tokens: list[int],
+            tok: Tokenizer) -> None:
+  """Stores a sampled turn in its chain (text, conversation, flags, token count)."""
+  name = kind if kind == "initial" else f"{kind}.{rnd}"
+  text = tok.decode_generated(tokens)
+  chain.texts[name] = text
+  chain.conversation = prompt.conversation(text)
+  chain.num_tokens += len(tokens)
+  if not set(tok.stop_ids) & set(tokens):
+    chain.flags.append(f"{name}:truncated")
+  if not text:
+    chain.flags.append(f"{name}:empty")
+
+
+def _chain_job(chain: _Chain, tok: Tokenizer, *, num_rounds: int, direct: bool,
+               exemplars: Sequence[cc.Exemplar], context: str, prefix_reuse: bool,
+               seed: int):
+  """The chain as a ``continuous.run_jobs`` job: yields each turn's request."""
+  for s, (kind, rnd) in enumerate(_steps(num_rounds, direct)):
+    prompt, target, planned = _turn(chain, s, kind, rnd, direct, exemplars, context, tok)
+    reply = yield Request(target, seed=_turn_seed(seed, chain, s), reuse=prefix_reuse)
+    chain.fallbacks += int(prefix_reuse and not planned and not reply.continued)
+    _record(chain, kind, rnd, prompt, reply.tokens, tok)
+  return chain
+
+
+def _chains(const: cc.Constitution, prompts: list, items, num_rounds: int,
+            seed: int) -> list[_Chain]:
+  return [_Chain(i, *prompts[i], cc.sample_critique_principles(
       const, seed=seed, prompt_index=i, num_rounds=num_rounds)) for i in items]
-  for b in range(0, len(chains), batch_size):
-    batch = chains[b:b + batch_size]
-    counter["tokens"] += _generate_batch(sampler, tok, batch, num_rounds=num_rounds,
-                                         direct=direct, exemplars=exemplars,
-                                         prefix_reuse=prefix_reuse, context=context,
-                                         seed=call_seed(seed, shard, b), **kw)
-    bar.update(len(batch))
+
+
+def _generate_shards(sampler: Sampler, tok: Tokenizer, const: cc.Constitution, prompts: list,
+                     shards: Shards, todo: list[int], *, num_rounds: int, direct: bool,
+                     exemplars, prefix_reuse: bool, seed: int, batch_size: int, bar,
+                     context: str, continuous: bool, **kw) -> None:
+  """Generates the chains of the ``todo`` shards and writes each shard once it is done.
+
+  Continuous batching streams the chains of every shard through one pool of rows (a
+  shard is written as soon as its last chain ends); static batching runs each shard in
+  batches of ``batch_size`` chains.
+  """
+  counter = {"tokens": 0, "t0": time.perf_counter()}
+
+  def progress(n: int) -> None:
+    bar.update(n)
     bar.set_postfix(tok_s=f"{counter['tokens'] / (time.perf_counter() - counter['t0']):.0f}")
-  return [c.example(render(c.request), num_rounds, direct) for c in chains]
+
+  examples = lambda chains: [c.example(render(c.request), num_rounds, direct) for c in chains]
+  job_kw = dict(num_rounds=num_rounds, direct=direct, exemplars=exemplars, context=context,
+                prefix_reuse=prefix_reuse, seed=seed)
+  if continuous:
+    by_shard = {s: _chains(const, prompts, shards.items(s), num_rounds, seed) for s in todo}
+    left = {s: len(c) for s, c in by_shard.items()}
+    owner = {c.index: s for s, chains in by_shard.items() for c in chains}
+
+    def done(chain: _Chain) -> None:
+      s = owner[chain.index]
+      left[s] -= 1
+      if not left[s]:   # every chain of the shard has ended
+        shards.write(s, examples(by_shard[s]))
+      counter["tokens"] += chain.num_tokens
+      progress(1)
+
+    jobs = (_chain_job(c, tok, **job_kw) for s in todo for c in by_shard[s])
+    run_jobs(sampler, jobs, batch_size=batch_size, on_done=done, **kw)
+    return
+  for s in todo:
+    chains = _chains(const, prompts, shards.items(s), num_rounds, seed)
+    for b in range(0, len(chains), batch_size):
+      batch = chains[b:b + batch_size]
+      counter["tokens"] += _generate_batch(sampler, tok, batch, **job_kw, **kw)
+      progress(len(batch))
+    shards.write(s, examples(chains))
 
 
 def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Constitution,
@@ -222,7 +286,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
                 max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                 seed: int = 0, shard_size: int = 256, batch_size: int = 64,
                 max_prompts: int | None = None, max_shards: int | None = None,
-                prefix_reuse: bool = True, mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+                prefix_reuse: bool = True, continuous: bool = True, mesh_shape: tuple[int, int, int] = (-1, 1, 1)
                 ) -> str:
   """Generates the SL-CAI data set; returns its folder ``{workdir}/records/sl_data``.
 
@@ -242,12 +306,17 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
     exemplars: prepend the constitution's few-shot critique exemplars (True: all of them;
       a number: the first that many; False or 0: none).
     max_new_tokens, temperature, top_p: sampling of every turn.
-    seed: principle draws depend on ``(seed, prompt index, round)``; sampler keys on
-      ``(seed, shard, batch, step)``; same arguments give the same data set.
+    seed: principle draws depend on ``(seed, prompt index, round)``, each turn's tokens on
+      ``(seed, prompt index, step)``; same arguments give the same data set.
     shard_size: prompts per resumable shard; batch_size: prompts per sampler call.
     max_prompts: use only the first prompts (smoke runs).
     max_shards: stop after writing this many new shards (no final data set).
     prefix_reuse: carry the KV cache between turns (False: re-prefill every turn).
+    continuous: continuous batching (``sampling.continuous``): a row that finishes a turn
+      goes on with its chain's next turn, or the next prompt's chain, while the others
+      decode. False: static batches of ``batch_size`` chains that take every turn
+      together. Both give the same chains (each turn's seed depends on its prompt index
+      and step only); ``batch_size`` is the number of rows either way.
     mesh_shape: (data, fsdp, tensor); the batch is sharded over data x fsdp.
   """
   out_path = os.path.join(workdir, "records", SL_DATA)
@@ -269,7 +338,8 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
           "num_rounds": num_rounds, "direct_revision": direct_revision, "context": context,
           "exemplars": exemplars, "max_new_tokens": max_new_tokens,
           "temperature": temperature, "top_p": top_p, "seed": seed,
-          "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse}
+          "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse,
+          "continuous": continuous}
   shards = Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts), shard_size)
   todo = shards.todo()
   _log.info("generate_sl: %d prompts, %d shards, %d to do", len(prompts), shards.num_shards,
@@ -281,17 +351,18 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
     sampler = Sampler(*saved.load(mesh=mesh), mesh=mesh)
   bar = tqdm.tqdm(total=len(prompts), initial=len(prompts) - shards.num_items_todo(),
                   desc="generate_sl", unit="prompt", mininterval=1.0, disable=None)
-  counter = {"tokens": 0, "t0": time.perf_counter()}
-  for n_new, s in enumerate(todo):
-    if max_shards is not None and n_new >= max_shards:
-      _log.info("generate_sl: stopping after %d new shards (max_shards)", n_new)
-      bar.close()
-      return out_path
-    shards.write(s, _shard_rows(
-        sampler, tok, const, prompts, shards.items(s), num_rounds=num_rounds,
+  if max_shards is not None and len(todo) > max_shards:
+    _log.info("generate_sl: writing %d of the %d shards to do (max_shards)", max_shards,
+              len(todo))
+  if todo:
+    _generate_shards(
+        sampler, tok, const, prompts, shards, todo[:max_shards], num_rounds=num_rounds,
         direct=direct_revision, exemplars=cc.first_exemplars(const.critique_exemplars, exemplars),
-        prefix_reuse=prefix_reuse, seed=seed, shard=s, batch_size=batch_size, bar=bar,
-        counter=counter, context=context, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, stop_tokens=tok.stop_ids))
+        prefix_reuse=prefix_reuse, seed=seed, batch_size=batch_size, bar=bar, context=context,
+        continuous=continuous, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, stop_tokens=tok.stop_ids)
+  if shards.todo():   # max_shards left some: no final data set yet
+    bar.close()
+    return out_path
   bar.close()
   return _write_sl_data(workdir, shards, len(prompts), const, spec, prompts_path)
