@@ -12,6 +12,9 @@ Public API:
     after sequences that continue a live conversation's rows (its cache is reused).
   sequence_logprobs(model, prompts, continuations, ...): summed continuation log-probs.
   generate_texts(sampler, tokenizer, prompts, ...): continuations decoded to text.
+  run_jobs(sampler, jobs, *, batch_size, max_new_tokens, ...): continuous batching of
+    generator jobs (``Request`` in, ``Reply`` back), e.g. multi-turn chains: a row that
+    finishes a turn gets its job's next turn, or a new job, while the others decode.
   call_seed(*parts): a seed as a pure function of names.
 
 Every call keeps rows within the model's ``max_seq_len`` (``limits``): over-long text
@@ -31,6 +34,8 @@ from cai_jax.sampling.scoring import (SequenceScores, candidate_logprobs,
                                      continued_option_logprobs, option_logprobs,
                                      sequence_logprobs)
 from cai_jax.sampling.text import generate_texts
+from cai_jax.sampling.continuous import Reply, Request, run_jobs
 
-__all__ += ["SequenceScores", "candidate_logprobs", "continued_option_logprobs",
-            "generate_texts", "option_logprobs", "sequence_logprobs"]
+__all__ += ["Reply", "Request", "SequenceScores", "candidate_logprobs",
+            "continued_option_logprobs", "generate_texts", "option_logprobs", "run_jobs",
+            "sequence_logprobs"]

@@ -102,17 +102,21 @@ def refill(graphdef: nnx.GraphDef, params, carry: RowCarry, rows_k: jax.Array,
   """
   model = nnx.merge(graphdef, params)
   k, t = tokens_kt.shape
-  take = lambda x: x.at[rows_k].get(mode="fill", fill_value=0)
+  # The rows' first ``attend_len`` slots only (what the chunk attends to): the refill
+  # reads k x attend_len slots and writes k x T, never a whole row or the whole cache.
+  take = lambda x: x.at[rows_k, :attend_len].get(mode="fill", fill_value=0)
   sub = [{n: take(x) for n, x in layer.items()} for layer in carry.cache]
   positions = start_k[:, None] + jnp.arange(t, dtype=jnp.int32)[None]          # [k, T]
-  slots = jnp.arange(carry.cache[0]["k"].shape[1], dtype=jnp.int32)[None]
-  mask = slots[:, None, :] <= positions[:, :, None]                            # [k, T, S]
+  slots = jnp.arange(attend_len, dtype=jnp.int32)[None]
+  mask = slots[:, None, :] <= positions[:, :, None]                            # [k, T, A]
   _, kv = model.hidden(tokens_kt, positions_bt=positions, mask_bts=mask, cache=sub,
-                       cache_index=start_k, key_positions_bs=_slot_positions(slots, k),
-                       attend_len=attend_len)
+                       cache_index=start_k, key_positions_bs=_slot_positions(slots, k))
+  at = jnp.minimum(positions, attend_len - 1)
+  written = lambda x: jnp.take_along_axis(x, at[:, :, None, None], axis=1)    # [k, T, m, h]
+  # Chunk slots past a row's real tokens (padding) lie beyond its length: harmless.
+  cache = [{n: x.at[rows_k[:, None], positions].set(written(kv[i][n]), mode="drop")
+            for n, x in layer.items()} for i, layer in enumerate(carry.cache)]
   put = lambda x, y: x.at[rows_k].set(y, mode="drop")
-  cache = [{n: put(x, kv[i][n]) for n, x in layer.items()} for i, layer in
-           enumerate(carry.cache)]
   return _constrain(carry._replace(
       cache=cache, len_b=put(carry.len_b, start_k + n_k), pending_b=put(carry.pending_b,
                                                                           pending_k),
