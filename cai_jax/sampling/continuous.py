@@ -56,6 +56,7 @@ class Reply:
 
 
 Job = Generator[Request, Reply, Any]
+MIN_CACHE = 512   # the rows' first cache length (slots), when the length cap allows
 
 
 @dataclasses.dataclass
@@ -139,7 +140,9 @@ def run_jobs(sampler: Sampler, jobs: Iterable[Job], *, batch_size: int, max_new_
       goes to ``on_done`` when it ends.
     batch_size: rows decoded together (rounded up to divide over the mesh).
     max_new_tokens, temperature, top_k, top_p, stop_tokens: every turn's sampling.
-    cache_len: slots per row (default and maximum: the model's ``max_seq_len``).
+    cache_len: a cap on the tokens of a row (default: the model's ``max_seq_len``); the
+      rows' cache starts at ``MIN_CACHE`` slots (or the cap) and doubles when a request
+      needs more, so memory follows the longest row rather than the cap.
     refill_fraction: a decode segment returns once this share of its active rows has
       finished; smaller refills sooner (more, smaller ``refill`` calls).
   """
@@ -154,8 +157,8 @@ def run_jobs(sampler: Sampler, jobs: Iterable[Job], *, batch_size: int, max_new_
   stops = set(stop_tokens)
   pool = _Pool(sampler, jobs, batch, limit, max_new_tokens, on_done)
   with sampler.call_scope():
-    carry = sampler._run(rows.empty, cfg=sampler.cfg, batch=batch, cache_len=limit,   # pylint: disable=protected-access
-                         num_out=num_out)
+    carry = sampler._run(rows.empty, cfg=sampler.cfg, batch=batch,   # pylint: disable=protected-access
+                         cache_len=min(limit, MIN_CACHE), num_out=num_out)
     for r in range(batch):
       pool.start_job(r)
     lengths = np.zeros((batch,), np.int64)
@@ -170,7 +173,7 @@ def run_jobs(sampler: Sampler, jobs: Iterable[Job], *, batch_size: int, max_new_
       carry = sampler._run(   # pylint: disable=protected-access
           rows.run, sampler.graphdef, sampler.params, carry, *args,
           jnp.int32(len(busy) - quota), mode=mode,
-          attend_len=buckets.attend_bucket(longest + 1, limit))
+          attend_len=buckets.attend_bucket(longest + 1, _slots(carry)))
       active, count, lens, toks, lps = jax.device_get(
           (carry.active_b, carry.count_b, carry.len_b, carry.tokens_bn, carry.logprobs_bn))
       lengths[:] = lens
@@ -196,13 +199,21 @@ def _refill(sampler: Sampler, pool: _Pool, carry: rows.RowCarry, limit: int,
     lengths[r] = first + len(w) - 1
     groups.setdefault(buckets.pow2_at_least(len(w) - 1, 16), []).append(
         (r, first, w, q.seed, budget))
+  need = max(first + len(w) - 1 + b for g in groups.values() for _, first, w, _, b in g)
+  if need > _slots(carry):   # double the rows' cache until the longest request fits
+    carry = sampler._run(rows.grow, carry, cache_len=min(   # pylint: disable=protected-access
+        limit, buckets.pow2_at_least(need, _slots(carry))))
   for t, group in sorted(groups.items()):
-    carry = _refill_group(sampler, carry, group, t, limit)
+    carry = _refill_group(sampler, carry, group, t)
   return carry
 
 
-def _refill_group(sampler: Sampler, carry: rows.RowCarry, group: list, t: int,
-                  limit: int) -> rows.RowCarry:
+def _slots(carry: rows.RowCarry) -> int:
+  return carry.cache[0]["k"].shape[1]
+
+
+def _refill_group(sampler: Sampler, carry: rows.RowCarry, group: list,
+                  t: int) -> rows.RowCarry:
   """One ``rows.refill`` call for ``(row, first slot, tokens, seed, budget)`` entries
   whose written part (all tokens but the pending last one) fits in ``t`` columns."""
   batch = carry.len_b.shape[0]
@@ -215,7 +226,7 @@ def _refill_group(sampler: Sampler, carry: rows.RowCarry, group: list, t: int,
     rows_k[i], start[i], n[i], pending[i], seed[i], budget[i] = r, first, len(w) - 1, w[-1], \
         sd, b
     tokens[i, :len(w) - 1] = w[:-1]
-  attend = buckets.attend_bucket(int(max(start + n)) + 1, limit)
+  attend = buckets.attend_bucket(int(max(start + n)) + 1, _slots(carry))
   return sampler._run(rows.refill, sampler.graphdef, sampler.params, carry,   # pylint: disable=protected-access
                       *map(jnp.asarray, (rows_k, start, tokens, n, pending, seed, budget)),
                       attend_len=attend)

@@ -83,6 +83,12 @@ def empty(*, cfg: ModelConfig, batch: int, cache_len: int, num_out: int) -> RowC
       logprobs_bn=jnp.zeros((batch, num_out), jnp.float32)))
 
 
+@functools.partial(jax.jit, static_argnames=("cache_len",), donate_argnums=(0,))
+def grow(carry: RowCarry, *, cache_len: int) -> RowCarry:
+  """The carry with ``cache_len`` slots per row (more than it has; one copy)."""
+  return _constrain(carry._replace(cache=cache_lib.pad_cache(carry.cache, cache_len)))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "attend_len"), donate_argnums=(2,))
 def refill(graphdef: nnx.GraphDef, params, carry: RowCarry, rows_k: jax.Array,
            start_k: jax.Array, tokens_kt: jax.Array, n_k: jax.Array, pending_k: jax.Array,

@@ -196,3 +196,22 @@ def test_refill_keeps_other_rows_and_ignores_padding_entries(lm, sampler):
 def test_bad_arguments():
   with pytest.raises(ValueError, match="refill_fraction"):
     run_jobs(None, [], batch_size=1, max_new_tokens=1, refill_fraction=0.0)
+
+
+def test_rows_cache_grows_on_demand(sampler, monkeypatch):
+  """Starting from 16 slots, the rows' cache doubles as requests need (to 64, then 128);
+  the tokens are those of a run whose cache is never grown."""
+  from cai_jax.sampling import continuous
+  want = _run(sampler, _two_turns, batch_size=3)
+  sizes = []
+  grow = rows.grow
+
+  def spy(carry, *, cache_len):
+    sizes.append(cache_len)
+    return grow(carry, cache_len=cache_len)
+
+  monkeypatch.setattr(continuous, "MIN_CACHE", 16)
+  monkeypatch.setattr(rows, "grow", spy)
+  got = _run(sampler, _two_turns, batch_size=3)
+  assert sizes == [64, 128]   # first turns need up to 40 + 20 slots, second ones 89
+  assert [[r.tokens for r in job] for job in got] == [[r.tokens for r in job] for job in want]

@@ -4,8 +4,11 @@ For every prompt (Bai et al. 2022, Sec. 3.1 and Algorithm 1): sample an initial 
 then ``num_rounds`` times draw a critique / revision principle (a pure function of
 ``(seed, prompt_index, round)``), ask for a critique and then a revision, in the few-shot
 format of ``cai_jax.constitution.templates``. ``direct_revision=True`` is the paper's
-ablation (no critique turns). Each row's KV cache is carried from turn to turn with the
-sampler's ``continue_generation``: only the new template turns are prefilled.
+ablation (no critique turns). Each row's KV cache is carried from turn to turn: only the
+new template turns are prefilled. Chains run with continuous batching by default
+(``sampling.run_jobs``: a row that finishes a turn goes on at once with its chain's next
+turn or the next chain), or in static batches (``continuous=False``); each turn's tokens
+are drawn with a seed of its own, so both give the same data set.
 
 Work happens in shards of ``shard_size`` prompts; each finished shard is written to
 ``{workdir}/shards/shard_NNNNN.jsonl`` (atomically) and a rerun skips finished shards, so
@@ -308,7 +311,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
     max_new_tokens, temperature, top_p: sampling of every turn.
     seed: principle draws depend on ``(seed, prompt index, round)``, each turn's tokens on
       ``(seed, prompt index, step)``; same arguments give the same data set.
-    shard_size: prompts per resumable shard; batch_size: prompts per sampler call.
+    shard_size: prompts per resumable shard; batch_size: rows decoded together.
     max_prompts: use only the first prompts (smoke runs).
     max_shards: stop after writing this many new shards (no final data set).
     prefix_reuse: carry the KV cache between turns (False: re-prefill every turn).
