@@ -26,12 +26,15 @@ setuptools.setup(
         "absl-py>=2.1",
         "tqdm>=4.66",
         "numpy>=2.0,<2.5",
+        "matplotlib==3.11.2",
+        "tensorboardX==2.6.5",
     ],
     extras_require={
         "test": [
             "pytest>=9,<10",
             "torch==2.13.0",
             "transformers==5.23.0",
+            "tensorboard==2.21.0",
         ],
     },
 )

@@ -1,99 +1,26 @@
-"""Metric writers: JSONL (one object per line) and TensorBoard event files.
+"""Metric writers: JSONL (one object per line), TensorBoard (through ``tensorboardX``) and,
+optionally, Weights & Biases.
 
-TensorBoard's format is written directly (TFRecord framing + the ``Event``
-protobuf, hand-encoded), so no TensorFlow is needed. Only scalar summaries.
+``MetricsWriter`` logs scalars (``write``), text summaries (``text``) and a run's
+hyperparameters (``hparams``, shown side by side across runs in TensorBoard's HParams
+dashboard). Only process 0 writes; on the other processes every method is a no-op that
+still keeps ``rows`` (so ``logged`` answers the same on every host).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import itertools
 import json
 import math
 import os
-import socket
-import struct
-import time
 from typing import Any, Mapping
 
+import gin
+import jax
 import numpy as np
 
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), as TFRecord uses."""
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    out.append(b | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-  return _varint((num << 3) | wire) + payload
-
-
-def _len_field(num: int, data: bytes) -> bytes:
-  return _field(num, 2, _varint(len(data)) + data)
-
-
-def encode_event(wall_time: float, step: int, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-  """Encodes a ``tensorboard.Event`` message (wall_time=1, step=2, file_version=3, summary=5)."""
-  msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-  if file_version is not None:
-    msg += _len_field(3, file_version.encode())
-  if scalars:
-    values = b"".join(
-        _len_field(1, _len_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", val)))
-        for tag, val in scalars.items())
-    msg += _len_field(5, values)
-  return msg
-
-
-def frame_record(data: bytes) -> bytes:
-  """TFRecord framing: length, masked crc of length, data, masked crc of data."""
-  length = struct.pack("<Q", len(data))
-  return (length + struct.pack("<I", _masked_crc(length)) + data
-          + struct.pack("<I", _masked_crc(data)))
-
-
-def read_records(path: str) -> list[bytes]:
-  """Reads TFRecord payloads, checking both CRCs (for tests and tools)."""
-  out = []
-  with open(path, "rb") as f:
-    while header := f.read(12):
-      (n,) = struct.unpack("<Q", header[:8])
-      if struct.unpack("<I", header[8:])[0] != _masked_crc(header[:8]):
-        raise ValueError(f"{path}: corrupt record length")
-      data = f.read(n)
-      if struct.unpack("<I", f.read(4))[0] != _masked_crc(data):
-        raise ValueError(f"{path}: corrupt record data")
-      out.append(data)
-  return out
+_SEQ = itertools.count()   # event file names are unique within a process
 
 
 def _to_float(v: Any) -> float | None:
@@ -104,37 +31,98 @@ def _to_float(v: Any) -> float | None:
   return x
 
 
-class MetricsWriter:
-  """Appends metrics to ``{logdir}/metrics.jsonl`` and a TensorBoard event file.
+def flatten_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``params`` as one flat dict of str/float/int/bool values: nested mappings (and
+  dataclasses) become ``outer/inner`` keys, numpy scalars Python numbers, anything else
+  (None, lists, callables) its ``str``."""
+  out: dict[str, Any] = {}
+  for key, value in params.items():
+    name = f"{prefix}{key}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+      value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+      out.update(flatten_hparams(value, name + "/"))
+    elif isinstance(value, (bool, int, float, str)):
+      out[name] = value
+    elif isinstance(value, np.generic) and np.ndim(value) == 0:
+      out[name] = value.item()
+    else:
+      out[name] = str(value)
+  return out
 
-  Non-numeric values are kept in the JSONL only. Writing is synchronous and small;
-  call it at the log interval, not every step.
+
+@gin.configurable
+def logging_backends(*, wandb_project: str | None = None) -> dict[str, Any]:
+  """The optional backends every ``MetricsWriter`` of a run logs to, set in gin, e.g.
+  ``logging_backends.wandb_project = 'cai'`` (Weights & Biases; needs ``pip install
+  wandb``)."""
+  return {"wandb_project": wandb_project}
+
+
+def _import_wandb():
+  try:
+    return importlib.import_module("wandb")
+  except ImportError as e:
+    raise ImportError("MetricsWriter(wandb_project=...) logs to Weights & Biases, which is "
+                      "not installed; run `pip install wandb` (or leave wandb_project "
+                      "unset)") from e
+
+
+class MetricsWriter:
+  """Appends metrics to ``{logdir}/metrics.jsonl`` and TensorBoard event files in ``logdir``
+  (and a Weights & Biases run with ``wandb_project``).
+
+  Non-numeric values are kept in the JSONL only. Call it at the log interval, not every
+  step; TensorBoard events are written by ``tensorboardX``'s background thread and are all
+  on disk after ``close``.
 
   A resumed run passes ``resume_step`` (the step its state was restored at; 0 for a
   fresh start): rows a killed attempt logged after that step are dropped, so no row is
-  written twice.
+  written twice, and TensorBoard is told to drop its events after that step too.
+
+  Args:
+    logdir: the folder of ``metrics.jsonl`` and the event files.
+    tensorboard: also write TensorBoard event files.
+    resume_step: see above; None keeps every row.
+    process_index: this process (default ``jax.process_index()``); only process 0 writes
+      files or logs to Weights & Biases.
+    wandb_project: also log to this Weights & Biases project (needs ``pip install wandb``;
+      default: ``logging_backends``'s, from gin).
   """
 
-  def __init__(self, logdir: str, *, tensorboard: bool = True, resume_step: int | None = None):
-    os.makedirs(logdir, exist_ok=True)
+  def __init__(self, logdir: str, *, tensorboard: bool = True, resume_step: int | None = None,
+               process_index: int | None = None, wandb_project: str | None = None):
+    if wandb_project is None:
+      wandb_project = logging_backends()["wandb_project"]
+    wandb = _import_wandb() if wandb_project is not None else None
+    if process_index is None:
+      process_index = jax.process_index()
+    self.logdir, self.active = logdir, process_index == 0
     self.jsonl_path = os.path.join(logdir, "metrics.jsonl")
     self.rows: list[dict] = []
+    self._jsonl = self._tb = self._wandb = None
     if resume_step is not None and os.path.isfile(self.jsonl_path):
       self.rows = [r for r in _read_rows(self.jsonl_path) if r.get("step", 0) <= resume_step]
-      tmp = self.jsonl_path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in self.rows)
-      os.replace(tmp, self.jsonl_path)
+      if self.active:
+        tmp = self.jsonl_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+          f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        os.replace(tmp, self.jsonl_path)
+    if not self.active:
+      return
+    os.makedirs(logdir, exist_ok=True)
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-    self._tb = None
     if tensorboard:
-      name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-      self.tb_path = os.path.join(logdir, name)
-      self._tb = open(self.tb_path, "ab")
-      self._tb.write(frame_record(encode_event(time.time(), 0, file_version="brain.Event:2")))
-      self._tb.flush()
+      from tensorboardX import SummaryWriter   # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(
+          logdir, flush_secs=10, filename_suffix=f".{os.getpid()}.{next(_SEQ):04d}",
+          purge_step=None if resume_step is None else resume_step + 1)
+    if wandb is not None:
+      self._wandb = wandb.init(project=wandb_project, dir=logdir,
+                               name=os.path.basename(os.path.normpath(logdir)))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """One row of ``metrics`` at ``step``; the numeric ones also go to TensorBoard."""
     row = {"step": int(step)}
     scalars = {}
     for k, v in metrics.items():
@@ -144,12 +132,44 @@ class MetricsWriter:
       else:
         row[k] = x if math.isfinite(x) else str(x)
         scalars[k] = x
+    self.rows.append(row)
+    if not self.active:
+      return
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
-    self.rows.append(row)
     if self._tb is not None and scalars:
-      self._tb.write(frame_record(encode_event(time.time(), int(step), scalars)))
+      for k, x in scalars.items():
+        self._tb.add_scalar(k, x, int(step))
       self._tb.flush()
+    if self._wandb is not None and scalars:
+      self._wandb.log(scalars, step=int(step))
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    """A text summary (Markdown in TensorBoard's Text dashboard) at ``step``."""
+    if not self.active:
+      return
+    if self._tb is not None:
+      self._tb.add_text(tag, str(text), int(step))
+      self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({tag: str(text)}, step=int(step))
+
+  def hparams(self, params: Mapping[str, Any]) -> None:
+    """Records the run's hyperparameters (flattened by ``flatten_hparams``) for
+    TensorBoard's HParams dashboard, whose metrics are this run's scalars, and as the
+    Weights & Biases run config."""
+    if not self.active:
+      return
+    flat = flatten_hparams(params)
+    if self._tb is not None:
+      from tensorboardX.summary import hparams   # pylint: disable=import-outside-toplevel
+      # Only the session start info: with no experiment summary, TensorBoard infers the
+      # experiment (hparams and metrics) from every run's, so ablations line up.
+      _, session_start, _ = hparams(flat, {})
+      self._tb.file_writer.add_summary(session_start, 0)
+      self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.config.update(flat, allow_val_change=True)
 
   def logged(self, step: int, prefix: str) -> bool:
     """True if a row of ``step`` holds a metric whose name starts with ``prefix``."""
@@ -157,9 +177,13 @@ class MetricsWriter:
                for r in self.rows)
 
   def close(self) -> None:
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+    self._jsonl = self._tb = self._wandb = None
 
   def __enter__(self):
     return self

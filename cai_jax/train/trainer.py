@@ -14,6 +14,7 @@ Resume order (``restore_or_init``): the run's own latest checkpoint in
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from cai_jax import models
 from cai_jax import workdir as workdir_lib
 from cai_jax.models.api import Kind
 from cai_jax.models.store import SavedModel, export_hf, save_model
+from cai_jax.run import identity
 from cai_jax.sharding import batch_putter
 from cai_jax.train import state as state_lib
 from cai_jax.train.checkpoint import Checkpointer
@@ -86,6 +88,29 @@ class ModelInit:
   def scratch(cls, config: models.ModelConfig, kind: Kind = "lm", seed: int = 0) -> ModelInit:
     """A fresh initialisation, directly in the mesh's shardings."""
     return cls(config, kind, lambda mesh: models.init(config, kind, seed=seed, mesh=mesh)[1])
+
+
+def optimizer_hparams(optimizer: Callable) -> dict[str, Any]:
+  """An optimizer factory's settings (e.g. ``make_optimizer``'s learning rate): its
+  signature's defaults, overridden by its gin bindings when it is a gin configurable."""
+  ref = identity.gin_reference(optimizer)
+  try:
+    params = inspect.signature(ref[1] if ref else optimizer).parameters.values()
+  except (TypeError, ValueError):
+    params = []
+  out = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+  out.update(identity.gin_bindings(ref[2]) if ref else {})
+  return {"name": ref[0] if ref else getattr(optimizer, "__qualname__", repr(optimizer)),
+          **out}
+
+
+def run_hparams(program: str, schedule: Schedule, init: ModelInit, optimizer: Callable,
+                eval_every: int = 0, select: str | None = None) -> dict[str, Any]:
+  """A ``fit`` run's hyperparameters for ``MetricsWriter.hparams`` (nested; flattened
+  there): the schedule, the optimizer's settings, the model and where it starts."""
+  return {"program": program, **dataclasses.asdict(schedule), "eval_every": eval_every,
+          "select": select, "kind": init.kind, "init_from": init.source,
+          "optimizer": optimizer_hparams(optimizer), "model": init.config.to_dict()}
 
 
 def restore_or_init(ckpt: Checkpointer, target: Any, init: Callable[[], Any]
@@ -175,9 +200,8 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
     info: extra entries of the saved model's info (tokenizer_path, train_data, ...).
     prepare: device batch -> device batch, run before each step (e.g. adds DPO's
       frozen reference log-probs).
-    evaluate: ``evaluate(params) -> metrics`` run every ``eval_every`` steps (0: only at
-      the end) and at the end; logged at that step.
-    eval_every: see ``evaluate``.
+    evaluate, eval_every: ``evaluate(params) -> metrics`` run every ``eval_every`` steps
+      (0: only at the end) and at the end; logged at that step.
     select: an ``evaluate`` metric to minimise (e.g. ``"eval/loss"``): the parameters of
       the evaluation (every ``eval_every`` steps and the end) where it is lowest become
       the saved model, instead of the last ones (early stopping on held-out data; ties keep
@@ -216,6 +240,7 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
       keep_if_best(workdir, step, select, float(metrics[select]), state.params, init)
 
   with MetricsWriter(workdir, resume_step=resumed) as writer, jax.set_mesh(mesh):
+    writer.hparams(run_hparams(program, schedule, init, optimizer, eval_every, select))
     if (evaluate is not None and resumed and resumed % stretch == 0
         and not writer.logged(resumed, "eval/")):   # killed between checkpoint and eval
       m = evaluate(state.params)

@@ -25,6 +25,7 @@ checkpoint kept. The final policy is saved as an LM in ``{workdir}/model``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -40,6 +41,7 @@ from cai_jax import constitution as cc
 from cai_jax import models
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_prompts
+from cai_jax.data.dialogue import render
 from cai_jax.losses import kl as kl_lib
 from cai_jax.models.store import SavedModel, export_hf, save_model
 from cai_jax.rl import ppo as ppo_lib
@@ -102,13 +104,34 @@ def _initial_state(learner: ppo_lib.PPOLearner, value: SavedModel, rm: SavedMode
   return state, int(jax.device_get(state.train.step)) // learner.cfg.steps_per_iteration
 
 
+def _sample_text(request, answer: str, metrics: dict) -> str:
+  """A rollout's prompt and answer as Markdown (code blocks keep them verbatim), with the
+  rollout's mean PM score and reward (``Rollout`` keeps no per-answer score)."""
+  def block(text):
+    return "\n".join("    " + line for line in text.strip().splitlines()) or "    (empty)"
+  return (f"**Prompt**\n\n{block(render(request))}\n\n**Response**\n\n{block(answer)}\n\n"
+          f"**Rollout mean**: PM score {metrics['env/pm_score']:.4f}, "
+          f"reward {metrics['env/reward']:.4f}")
+
+
+def _hparams(cfg: ppo_lib.PPOConfig, controller, optimizer: Callable, policy: SavedModel,
+             rm: SavedModel, num_iterations: int) -> dict:
+  """The run's hyperparameters (``MetricsWriter.hparams``)."""
+  return {"program": "ppo", "num_iterations": num_iterations, "ppo": cfg,
+          "kl": {"controller": type(controller).__name__, **dataclasses.asdict(controller)},
+          "optimizer": trainer.optimizer_hparams(optimizer), "policy_model": policy.path,
+          "reward_model": rm.path, "model": policy.config.to_dict()}
+
+
 def _iteration(learner: ppo_lib.PPOLearner, controller, state: ppo_lib.PPOState,
-               prompt_ids: list, requests: list, it: int, length: int
+               prompt_ids: list, requests: list, it: int, length: int, writer: MetricsWriter
                ) -> tuple[ppo_lib.PPOState, dict]:
   """One PPO iteration: rollout -> learn -> KL controller update; returns the new state
-  and the iteration's metrics (environment, losses, beta, time split)."""
+  and the iteration's metrics (environment, losses, beta, time split), and logs the
+  rollout's first prompt and answer as text (``rollout/sample``) at step ``it + 1``."""
   t0 = time.perf_counter()
   ro = learner.rollout(state.train.params, prompt_ids, requests, it, state.kl.beta, length)
+  writer.text(it + 1, "rollout/sample", _sample_text(requests[0], ro.answers[0], ro.metrics))
   t_learn = time.perf_counter()
   train, learn_m = learner.learn(state.train, ro, it)
   kl = learner.replicated(controller.update(state.kl, jnp.float32(ro.kl_mean),
@@ -223,12 +246,13 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   bar = tqdm.tqdm(total=num_iterations, initial=start, desc="ppo", unit="iter",
                   mininterval=1.0, disable=None)
   with MetricsWriter(workdir, resume_step=start) as writer, jax.set_mesh(mesh):
+    writer.hparams(_hparams(cfg, controller, optimizer, policy, rm, num_iterations))
     if start == 0:
       _probe(probe, learner, state.train.params, writer, 0)
     for it in range(start, num_iterations):
       idx = ppo_lib.iteration_prompts(len(pool), rollout_batch, seed, it)
       state, m = _iteration(learner, controller, state, [prompt_ids[i] for i in idx],
-                            [pool[i] for i in idx], it, length)
+                            [pool[i] for i in idx], it, length, writer)
       m["lr"] = float(lr(int(jax.device_get(state.train.step))))
       writer.write(it + 1, m)
       bar.update(1)
