@@ -45,6 +45,7 @@ def register() -> None:
   # pylint: disable=import-outside-toplevel,unused-import
   import cai_jax.pipeline  # noqa: F401
   import cai_jax.programs.evaluate.judge_eval  # noqa: F401
+  import cai_jax.programs.evaluate.pairwise  # noqa: F401
   import cai_jax.programs.rl_cai.dpo  # noqa: F401
   import cai_jax.programs.rl_cai.label  # noqa: F401
   import cai_jax.programs.rl_cai.ppo  # noqa: F401

@@ -5,7 +5,9 @@
 * ``rl_cai``: ``label_preferences`` (AI-feedback labels), ``preference_model``, ``ppo``,
   ``dpo``.
 * ``evaluate``: ``judge_eval`` (the feedback model's verdicts on any models' answers, the
-  SL-CAI revision win rate; for real models, where there is no oracle).
+  SL-CAI revision win rate; for real models, where there is no oracle), ``pairwise_eval``
+  (pairwise comparisons by a judge, harmlessness and helpfulness Elo with bootstrap
+  intervals, the Pareto plot); both answer through ``cai_jax.evaluation.answers``.
 
 Programs wire the library layers (models, data, sampling, losses, train, rl); no program
 module imports another. ``cai_jax.gin_setup.register`` imports them all.

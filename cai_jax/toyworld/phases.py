@@ -40,6 +40,7 @@ from cai_jax.data.builders import (dialogue_example, dialogue_features, prompt_f
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, render
 from cai_jax.data.records import sha256_file
 from cai_jax.data.tokenizer import train_tokenizer
+from cai_jax.models.config import ModelConfig
 from cai_jax.models.store import SavedModel
 from cai_jax.toyworld import generator
 from cai_jax.toyworld.corpus import CorpusConfig, build_corpus, build_feedback_corpus
@@ -175,14 +176,19 @@ def data_fingerprint(data_dir: str, files: tuple[str, ...] = ("corpus.jsonl",)
 
 def _committed_or_trained(workdir: str, name: str, fingerprint: dict[str, str],
                           pretrained: str | None, data_dir: str,
-                          train: Callable[[], str]) -> str:
+                          train: Callable[[], str],
+                          model_config: ModelConfig | None = None) -> str:
   """The committed checkpoint ``pretrained`` copied to ``workdir/model`` if its
-  ``model.json`` carries exactly ``fingerprint``; else ``train()``'s model, stamped with it."""
+  ``model.json`` carries exactly ``fingerprint`` (and ``model_config``, when given: another
+  model size trains anew); else ``train()``'s model, stamped with it."""
   out = os.path.join(workdir, "model")
   if pretrained:
     src = resolve_repo_path(pretrained)
     if src and SavedModel.exists(src):
-      if all(SavedModel.open(src).info.get(k) == v for k, v in fingerprint.items()):
+      saved = SavedModel.open(src)
+      if model_config is not None and saved.config != model_config:
+        _log.warning("%s: %s has another model configuration; training anew", name, src)
+      elif all(saved.info.get(k) == v for k, v in fingerprint.items()):
         _log.info("%s: using the committed model %s (same training data)", name, src)
         shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.md"))
         SavedModel.open(out).update_info({"tokenizer_path": os.path.abspath(
@@ -198,14 +204,16 @@ def _committed_or_trained(workdir: str, name: str, fingerprint: dict[str, str],
 @program("toy_base",
          inputs=("data_dir", "pretrained?"))
 def toy_base(workdir: str, *, train: Callable = gin.REQUIRED, data_dir: str = "data",
-             pretrained: str | None = "checkpoints/toy_base") -> str:
+             pretrained: str | None = "checkpoints/toy_base",
+             model_config: ModelConfig | None = None) -> str:
   """The helpful-only base model: the committed checkpoint if it was trained on exactly
-  this corpus and tokenizer, else trained here with ``train`` (an SFT program).
+  this corpus and tokenizer (and has ``model_config``, when given: a sweep over model sizes
+  trains the other sizes), else trained here with ``train`` (an SFT program).
 
   Returns the saved model folder (``workdir/model``).
   """
   return _committed_or_trained(workdir, "toy_base", data_fingerprint(data_dir), pretrained,
-                               data_dir, lambda: train(workdir=workdir))
+                               data_dir, lambda: train(workdir=workdir), model_config)
 
 
 @gin.configurable

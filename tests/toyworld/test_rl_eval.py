@@ -1,8 +1,10 @@
 """Toy-world RL-CAI pieces: ground-truth helpfulness pairs, AI-label accuracy against the
-oracle on a hand-built label set, the over-optimisation table and its SVG."""
+oracle on a hand-built label set, the over-optimisation table and its figure."""
 import json
 import random
 import xml.etree.ElementTree as ET
+
+import numpy as np
 
 import pytest
 
@@ -11,7 +13,7 @@ from cai_jax.data.conversations import parse_preference_row, read_jsonl
 from cai_jax.data.dialogue import HUMAN, Turn, render
 from cai_jax.data.generated import pref_features
 from cai_jax.toyworld import generator, oracle
-from cai_jax.toyworld.evaluation.report import svg_chart
+from cai_jax.evaluation import plots
 from cai_jax.toyworld.evaluation.rl import toy_label_eval, toy_overoptimisation
 from cai_jax.toyworld.phases import toy_helpful_pairs, write_requests
 from cai_jax.train.metrics import MetricsWriter
@@ -71,7 +73,15 @@ def test_label_accuracy_against_the_oracle(data_dir, tmp_path):
     assert 0.0 <= out["label_accuracy_blind_spot"] <= 1.0
 
 
-def test_overoptimisation_table_and_svg(tmp_path):
+def test_overoptimisation_table_and_figure(tmp_path, monkeypatch):
+  drawn = []
+
+  def line_panels(stem, panels, **kw):
+    drawn.append((stem, panels))
+    return real(stem, panels, **kw)
+
+  real = plots.line_panels
+  monkeypatch.setattr(plots, "line_panels", line_panels)
   for name, slope in (("a", 1.0), ("b", -1.0)):
     with MetricsWriter(str(tmp_path / name), tensorboard=False) as w:
       for it in range(0, 9, 4):
@@ -84,13 +94,24 @@ def test_overoptimisation_table_and_svg(tmp_path):
   assert curves["B"]["true_utility"] == pytest.approx([0.5, 0.46, 0.42])
   table = (tmp_path / "oo" / "overoptimisation.md").read_text()
   assert table.count("| A |") == 3 and table.count("| B |") == 3
-  svg = ET.parse(str(tmp_path / "oo" / "overoptimisation.svg")).getroot()
-  assert len(svg.findall("{http://www.w3.org/2000/svg}polyline")) == 4   # 2 panels x 2 runs
+  (stem, panels), = drawn
+  assert stem == str(tmp_path / "oo" / "overoptimisation")
+  assert [sorted(p["series"]) for p in panels] == [["A", "B"], ["A", "B"]]
+  assert panels[0]["series"]["A"] == ([0, 4, 8], pytest.approx([0.0, 0.4, 0.8]))
+  assert panels[1]["series"]["B"] == ([0, 4, 8], pytest.approx([0.5, 0.46, 0.42]))
+  assert (tmp_path / "oo" / "overoptimisation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  ET.parse(str(tmp_path / "oo" / "overoptimisation.svg"))
+  fig = plots._figure_line_panels(panels)  # pylint: disable=protected-access
+  assert [len(ax.lines) for ax in fig.axes] == [2, 2]   # 2 panels x 2 runs
 
 
-def test_svg_chart_skips_non_finite_points(tmp_path):
-  svg_chart(str(tmp_path / "c.svg"), [{"title": "t", "series": {
-      "s": ([0, 1, 2], [1.0, float("nan"), 3.0])}}])
-  root = ET.parse(str(tmp_path / "c.svg")).getroot()
-  (line,) = root.findall("{http://www.w3.org/2000/svg}polyline")
-  assert len(line.get("points").split()) == 2
+def test_line_panels_skip_non_finite_points(tmp_path):
+  panels = [{"title": "t", "series": {"s": ([0, 1, 2, 3], [1.0, float("nan"), 3.0,
+                                                           float("inf")])}}]
+  fig = plots._figure_line_panels(panels)  # pylint: disable=protected-access
+  (line,) = fig.axes[0].lines
+  np.testing.assert_array_equal(line.get_xdata(), [0, 2])
+  np.testing.assert_array_equal(line.get_ydata(), [1.0, 3.0])
+  paths = plots.line_panels(str(tmp_path / "c"), panels)
+  assert paths == [str(tmp_path / "c.png"), str(tmp_path / "c.svg")]
+  ET.parse(paths[1])

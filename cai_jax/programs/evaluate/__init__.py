@@ -1,1 +1,2 @@
-"""Evaluation programs that need no oracle: ``judge_eval`` (the feedback model's verdicts)."""
+"""Evaluation programs: ``judge_eval`` (the feedback model's verdicts, no oracle needed) and
+``pairwise_eval`` (pairwise comparisons and Elo scores; an oracle is optional)."""

@@ -16,7 +16,6 @@ and reused by a rerun.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from typing import Mapping, Sequence
@@ -29,51 +28,20 @@ from cai_jax import constitution as cc
 from cai_jax import workdir as workdir_lib
 from cai_jax.constitution import assessment
 from cai_jax.evaluation import judge_report
-from cai_jax.data.conversations import read_jsonl, read_prompts
+from cai_jax.data.conversations import read_prompts
 from cai_jax.data.dialogue import parse_hh
 from cai_jax.data.generated import read_sl_data
 from cai_jax.models.store import SavedModel
+from cai_jax.evaluation.answers import model_answers
 from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.rl.ppo import DEFAULT_REFUSAL_MARKERS
-from cai_jax.sampling import Sampler, generate_texts
+from cai_jax.sampling import Sampler
 from cai_jax.sharding import build_mesh
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
 _SETS = ("red_team", "helpful")
-
-
-def _answers(name: str, path: str, sets: Mapping[str, list], workdir: str, mesh, *,
-             batch_size: int, max_new_tokens: int) -> dict[str, list[dict]]:
-  """Greedy answers of one model to every prompt set (cached in ``answers/``)."""
-  out, todo = {}, {}
-  for kind, prompts in sets.items():
-    file = os.path.join(workdir, "answers", f"{name}.{kind}.jsonl")
-    if os.path.exists(file):
-      out[kind] = read_jsonl(file, lambda r: r)
-    else:
-      todo[kind] = (file, prompts)
-  if not todo:
-    return out
-  saved = SavedModel.open(path, role=f"judge_eval.models[{name!r}]").require_kind(
-      "lm", "judge_eval model")
-  tok = saved.tokenizer()
-  sampler = Sampler(*saved.load(mesh=mesh), mesh=mesh)
-  for kind, (file, prompts) in todo.items():
-    ids = [cc.initial_prompt(turns).token_ids(tok) for _, turns in prompts]
-    texts = []
-    for i in tqdm.trange(0, len(ids), batch_size, desc=f"answers {name}/{kind}",
-                         disable=None):
-      texts += generate_texts(sampler, tok, ids[i:i + batch_size], batch_size=batch_size,
-                              max_new_tokens=max_new_tokens)
-    rows = [{"id": pid, "prompt": turns[-1].text, "answer": a}
-            for (pid, turns), a in zip(prompts, texts)]
-    workdir_lib.write_jsonl(file, rows)
-    out[kind] = rows
-  del sampler
-  gc.collect()
-  return out
 
 
 def _verdicts(judge: FeedbackModel, rows: list[dict]) -> np.ndarray:
@@ -178,8 +146,8 @@ def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                "revisions": list(r["revisions"])} for r in read_sl_data(sl_data)][:max_chains]
   mesh = build_mesh(mesh_shape)
 
-  answers = {name: _answers(name, path, sets, workdir, mesh, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens) for name, path in models.items()}
+  answers = {name: model_answers(name, path, sets, workdir, mesh, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, role="judge_eval") for name, path in models.items()}
   judge = FeedbackModel(Sampler(*judge_model.load(mesh=mesh), mesh=mesh),
                         judge_model.tokenizer(), batch_size=batch_size)
   results = {"feedback_model": judge_model.path, "models": {}}

@@ -1,5 +1,5 @@
-"""The experiment's tables: oracle metrics per model, AI labels and preference models,
-and a small dependency-free SVG line chart."""
+"""The experiment's tables: oracle metrics per model, AI labels and preference models
+(figures are drawn by ``cai_jax.evaluation.plots``)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ import gin
 import numpy as np
 
 from cai_jax import workdir as workdir_lib
+from cai_jax.evaluation import experiment_report
 from cai_jax.run import program
 
 
@@ -90,9 +91,16 @@ def choices_lines(sl_dir: str = "sl_cai", dpo_dir: str = "dpo") -> list[str]:
 @program("toy_report",
          inputs=("evals", "rl_runs"))
 def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED,
-               rl_runs: dict[str, tuple[str, str, str]] | None = None) -> str:
-  """Collects the ``results.json`` of the named eval phases into one table (printed),
-  plus the ``labels_table`` of ``rl_runs`` when given."""
+               rl_runs: dict[str, tuple[str, str, str]] | None = None,
+               pairwise: str | None = None, ppo: str | None = None,
+               pm_eval: str | None = None, overoptimisation: str | None = None) -> str:
+  """The experiment's report page ``results.md``: the ``results.json`` of the named eval
+  phases in one table (printed), the ``labels_table`` of ``rl_runs`` when given, then the
+  sections of the phases named (``evaluation.experiment_report``; a phase that has not run
+  is left out): the pairwise evaluation's Elo tables and Pareto plots (``pairwise``), PPO's
+  training curves (``ppo``), the PM's reliability diagram (``pm_eval``) and the
+  over-optimisation curve (``overoptimisation``). These folders are read, not fingerprinted
+  (the report phase runs every time)."""
   rows = []
   for name in evals:
     path = os.path.join(name, "results.json")
@@ -104,60 +112,21 @@ def toy_report(workdir: str, *, evals: tuple[str, ...] = gin.REQUIRED,
     table += "\nAI labels and preference models:\n\n" + labels_table(dict(rl_runs))
   if choices := choices_lines():
     table += "\nThe recipe's oracle-free choices:\n\n" + "\n".join(choices) + "\n"
-  workdir_lib.write_text(os.path.join(workdir, "results.md"), table)
+  sections = []
+  if pairwise:
+    sections += experiment_report.pairwise_section(workdir, pairwise)
+  if ppo:
+    sections += experiment_report.ppo_section(workdir, ppo)
+  if pm_eval:
+    sections += experiment_report.reliability_section(workdir, pm_eval)
+  if overoptimisation:
+    sections += experiment_report.figure_section(
+        workdir, "Over-optimisation", os.path.join(overoptimisation, "overoptimisation.png"),
+        "The PM's score and the oracle's utility of the policy's answers over PPO "
+        "iterations.")
+  page = "# Toy-world experiment\n\n## Oracle metrics per model\n\n" + table
+  workdir_lib.write_text(os.path.join(workdir, "results.md"),
+                         page + ("\n" + "\n".join(sections) if sections else ""))
   workdir_lib.write_json(os.path.join(workdir, "results.json"), rows, sort_keys=False)
   print("\n" + table, flush=True)
   return table
-
-
-def svg_chart(path: str, panels: list[dict], *, width: int = 860,
-              panel_height: int = 220) -> None:
-  """Writes stacked line charts as one SVG (no plotting library needed).
-
-  ``panels``: dicts with ``title``, ``xlabel`` and ``series``: {name: (xs, ys)}.
-  """
-  colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-  left, right, top, bottom = 60, 250, 28, 36
-  out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
-         f'height="{panel_height * len(panels)}" font-family="sans-serif" font-size="11">',
-         f'<rect width="{width}" height="{panel_height * len(panels)}" fill="white"/>']
-  for k, panel in enumerate(panels):
-    out += _svg_panel(panel, k * panel_height, width, panel_height, colors,
-                      (left, right, top, bottom))
-  out.append("</svg>")
-  workdir_lib.write_text(path, "\n".join(out) + "\n")
-
-
-def _svg_panel(panel: dict, y0: float, width: int, panel_height: int, colors: list[str],
-               margins: tuple[int, int, int, int]) -> list[str]:
-  """The SVG elements of one panel of ``svg_chart``."""
-  left, right, top, bottom = margins
-  xs_all = [x for xs, _ in panel["series"].values() for x in xs]
-  ys_all = [y for _, ys in panel["series"].values() for y in ys if np.isfinite(y)]
-  if not xs_all or not ys_all:
-    return []
-  x_lo, x_hi = min(xs_all), max(xs_all) if max(xs_all) > min(xs_all) else min(xs_all) + 1
-  y_lo, y_hi = min(ys_all), max(ys_all)
-  if y_hi - y_lo < 1e-9:
-    y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-  pw, ph = width - left - right, panel_height - top - bottom
-  sx = lambda x: left + (x - x_lo) / (x_hi - x_lo) * pw  # noqa: E731
-  sy = lambda y: y0 + top + (1 - (y - y_lo) / (y_hi - y_lo)) * ph  # noqa: E731
-  out = [f'<text x="{left}" y="{y0 + 16}" font-weight="bold">{panel["title"]}</text>',
-         f'<rect x="{left}" y="{y0 + top}" width="{pw}" height="{ph}" fill="none" '
-         'stroke="#999"/>']
-  for frac in (0.0, 0.5, 1.0):
-    yv = y_lo + frac * (y_hi - y_lo)
-    out.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
-    xv = x_lo + frac * (x_hi - x_lo)
-    out.append(f'<text x="{sx(xv):.1f}" y="{y0 + top + ph + 14}" '
-               f'text-anchor="middle">{xv:.3g}</text>')
-  out.append(f'<text x="{left + pw / 2}" y="{y0 + panel_height - 6}" '
-             f'text-anchor="middle">{panel.get("xlabel", "")}</text>')
-  for j, (name, (xs, ys)) in enumerate(panel["series"].items()):
-    c = colors[j % len(colors)]
-    pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys) if np.isfinite(y))
-    out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
-    out.append(f'<text x="{left + pw + 10}" y="{y0 + top + 14 + 16 * j}" fill="{c}">'
-               f'{name}</text>')
-  return out

@@ -16,13 +16,13 @@ import numpy as np
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.dialogue import HUMAN, Turn, parse_hh, render
 from cai_jax.data.generated import read_pref_data
+from cai_jax.evaluation import plots
 from cai_jax.losses import preference_metrics
 from cai_jax.models.store import SavedModel
 from cai_jax.rl.reward import RewardModel
 from cai_jax.sampling import Sampler
 from cai_jax.toyworld import generator, oracle
 from cai_jax.toyworld.evaluation.answers import answer_metrics, greedy_answers
-from cai_jax.toyworld.evaluation.report import svg_chart
 from cai_jax.toyworld.evaluation.skills import mean_where
 from cai_jax.toyworld.phases import blind_spot_of, read_requests
 from cai_jax.train.metrics import read_jsonl
@@ -95,11 +95,16 @@ def _pair_scores(reward: RewardModel, pairs: list[dict]) -> np.ndarray:
                    for k in ("chosen", "rejected")], axis=1)
 
 
-def _heldout_metrics(reward: RewardModel, held: list[dict], by_text: dict) -> dict:
+def _heldout_metrics(workdir: str, reward: RewardModel, held: list[dict], by_text: dict
+                     ) -> dict:
   """The PM on held-out AI pairs: ``preference_metrics`` vs the soft labels, and the
-  share of oracle-decided pairs it ranks as the oracle does."""
+  share of oracle-decided pairs it ranks as the oracle does; writes every pair's
+  sigmoid(r_chosen - r_rejected) and soft label to ``heldout_scores.jsonl``."""
   r = _pair_scores(reward, held)
   t = np.array([h["p_chosen"] for h in held], np.float32)
+  prob = 1.0 / (1.0 + np.exp(r[:, 1] - r[:, 0]))   # for the report's reliability diagram
+  workdir_lib.write_jsonl(os.path.join(workdir, "heldout_scores.jsonl"), [
+      {"prob": float(p), "target": float(q)} for p, q in zip(prob, t)])
   out = {"heldout_" + k.split("/")[-1]: float(v)
          for k, v in preference_metrics(jnp.asarray(r), jnp.asarray(t)).items()}
   out["heldout_pairs"] = len(held)
@@ -139,7 +144,7 @@ def toy_pm_eval(workdir: str, *, pm_model: str = gin.REQUIRED, pref_data: str = 
   results: dict = {}
   held = [r for r in read_pref_data(pref_data, "eval") if r["source"] == "ai"]
   if held:
-    results.update(_heldout_metrics(reward, held, _requests_by_text(data_dir)))
+    results.update(_heldout_metrics(workdir, reward, held, _requests_by_text(data_dir)))
   rng = random.Random(seed)
   probes = read_requests(os.path.join(data_dir, "eval.jsonl"))
   for harmful, good, bad, key in ((True, "refuse_explain", "comply", "prefers_refusal_on_harmful"),
@@ -186,7 +191,7 @@ def toy_probe(*, data_dir: str = "data", n: int = 96, max_new_tokens: int = 96,
 def toy_overoptimisation(workdir: str, *, runs: dict[str, str] = gin.REQUIRED) -> dict:
   """The proxy (PM score) and the truth (oracle utility) on the probe set over PPO
   iterations, for one or more PPO runs ({label: ppo workdir}): ``overoptimisation.md``
-  (a table) and ``overoptimisation.svg`` (two panels)."""
+  (a table) and ``overoptimisation.png`` / ``.svg`` (two panels)."""
   keys = ("pm_score", "true_utility", "harm_rate", "helpfulness")
   curves = {}
   for label, run_dir in runs.items():
@@ -203,10 +208,12 @@ def toy_overoptimisation(workdir: str, *, runs: dict[str, str] = gin.REQUIRED) -
   workdir_lib.write_text(os.path.join(workdir, "overoptimisation.md"), table)
   workdir_lib.write_json(os.path.join(workdir, "overoptimisation.json"), curves,
                          sort_keys=False)
-  svg_chart(os.path.join(workdir, "overoptimisation.svg"), [
+  plots.line_panels(os.path.join(workdir, "overoptimisation"), [
       {"title": "proxy: PM score on the probe set", "xlabel": "PPO iteration",
+       "ylabel": "PM score",
        "series": {k: (c["iteration"], c["pm_score"]) for k, c in curves.items()}},
       {"title": "truth: oracle utility on the probe set", "xlabel": "PPO iteration",
+       "ylabel": "oracle utility",
        "series": {k: (c["iteration"], c["true_utility"]) for k, c in curves.items()}}])
   print("\n" + table, flush=True)
   return curves
