@@ -54,6 +54,7 @@ def register() -> None:
   import cai_jax.programs.sl_cai.fit  # noqa: F401
   import cai_jax.programs.sl_cai.generate  # noqa: F401
   import cai_jax.programs.sl_cai.sft  # noqa: F401
+  import cai_jax.sweep  # noqa: F401
   _registered = True
 
 
