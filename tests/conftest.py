@@ -81,3 +81,21 @@ def pytest_terminal_summary(terminalreporter):
   tr.write_line(f"{'check':8} {'case':28} {'max err':>9} {'logit scale':>11} {'rel':>9}")
   for check, case, err, scale in sorted(_ROWS):
     tr.write_line(f"{check:8} {case:28} {err:9.2e} {scale:11.2f} {err / max(scale, 1):9.2e}")
+
+
+def _tensorboard_texts(logdir, tag):
+  """The text summaries under ``tag`` in ``logdir``'s event files, read with TensorBoard's
+  own reader: [(step, text)]."""
+  # pylint: disable=import-outside-toplevel
+  from tensorboard.backend.event_processing import event_accumulator as ea
+  from tensorboard.util import tensor_util
+  acc = ea.EventAccumulator(str(logdir), size_guidance={ea.TENSORS: 0})
+  acc.Reload()
+  return [(e.step, tensor_util.make_ndarray(e.tensor_proto).item().decode())
+          for e in acc.Tensors(tag + "/text_summary")]
+
+
+@pytest.fixture(scope="session")
+def tensorboard_texts():
+  """``tensorboard_texts(logdir, tag)``: see ``_tensorboard_texts``."""
+  return _tensorboard_texts

@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
@@ -88,10 +88,12 @@ class MetricsWriter:
       files or logs to Weights & Biases.
     wandb_project: also log to this Weights & Biases project (needs ``pip install wandb``;
       default: ``logging_backends``'s, from gin).
+    jsonl: also write ``metrics.jsonl`` (``log_samples`` writes text only).
   """
 
   def __init__(self, logdir: str, *, tensorboard: bool = True, resume_step: int | None = None,
-               process_index: int | None = None, wandb_project: str | None = None):
+               process_index: int | None = None, wandb_project: str | None = None,
+               jsonl: bool = True):
     if wandb_project is None:
       wandb_project = logging_backends()["wandb_project"]
     wandb = _import_wandb() if wandb_project is not None else None
@@ -111,7 +113,8 @@ class MetricsWriter:
     if not self.active:
       return
     os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    if jsonl:
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter   # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(
@@ -135,8 +138,9 @@ class MetricsWriter:
     self.rows.append(row)
     if not self.active:
       return
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
     if self._tb is not None and scalars:
       for k, x in scalars.items():
         self._tb.add_scalar(k, x, int(step))
@@ -190,6 +194,16 @@ class MetricsWriter:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def log_samples(logdir: str, tag: str, samples: Sequence[str], *,
+                process_index: int | None = None) -> None:
+  """Text summaries of a program's samples (SL-CAI chains, judge decisions), one per step
+  0, 1, ..., in ``logdir``'s TensorBoard events (and Weights & Biases when on); nothing in
+  ``metrics.jsonl``."""
+  with MetricsWriter(logdir, process_index=process_index, jsonl=False) as w:
+    for i, text in enumerate(samples):
+      w.text(i, tag, text)
 
 
 def _read_rows(path: str) -> list[dict]:

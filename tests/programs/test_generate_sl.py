@@ -113,6 +113,17 @@ def test_every_intermediate_and_deterministic_principles(inputs, reference):
   assert _run(workdir, inputs) == path   # DONE: skipped
 
 
+def test_sample_chains_in_tensorboard(reference, tensorboard_texts):
+  workdir, _, rows = reference
+  texts = tensorboard_texts(workdir, "generate_sl/chain")
+  assert [s for s, _ in texts] == list(range(min(8, len(rows))))
+  step, text = texts[1]
+  r = rows[1]
+  for part in (r["prompt"], r["initial"], r["critiques"][1], r["revisions"][1]):
+    assert part in text
+  assert "**Critique 2**" in text and "**Revision 2**" in text
+
+
 def test_resume_after_partial_run_is_identical(inputs, reference, tmp_path):
   ref_dir, _, ref_rows = reference
   # "killed" after one shard: nothing final is written

@@ -162,6 +162,16 @@ def test_labels_match_an_independent_judge_forward(inputs, reference):
   assert "swap_flip_rate" in diag["diagnostics"]
 
 
+def test_sample_judgments_in_tensorboard(reference, tensorboard_texts):
+  texts = tensorboard_texts(reference, "label_preferences/judgment")
+  ai = [r for r in read_pref_data(str(reference)) if r["source"] == "ai"]
+  assert texts and len(texts) <= 8
+  by_prompt = {r["prompt"]: r for r in ai}
+  for _, text in texts:
+    r = next(r for p, r in by_prompt.items() if p in text)
+    assert f"(p = {r['p_chosen']:.3f})" in text and r["chosen"] in text
+
+
 def test_resume_gives_the_same_data_set(inputs, reference, tmp_path):
   _run(tmp_path, inputs, helpful_data=inputs["helpful"], max_shards=1)
   assert not (tmp_path / "DONE").exists()

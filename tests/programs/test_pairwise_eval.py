@@ -136,6 +136,21 @@ def test_elo_oracle_and_agreement(setup):
         r["oracle_p_a"] != 0.5 for r in rows)
 
 
+def test_judge_decisions_in_tensorboard(setup, tensorboard_texts):
+  d, _, _ = setup
+  wd = str(d / "eval")
+  names = ["base", "mid", "top"]
+  for kind in ("red_team", "helpful"):
+    texts = tensorboard_texts(wd, f"pairwise/{kind}")
+    rows = _rows(wd, kind)
+    assert [s for s, _ in texts] == list(range(8))
+    for (_, text), r in zip(texts, rows):
+      ans = _answers(wd, names[r["b"]], kind)[r["prompt"]]
+      assert ans["prompt"] in text and ans["answer"] in text
+      want = f"**P({names[r['a']]} better)** = {r['p_a']:.3f}, oracle {r['oracle_p_a']:.1f}"
+      assert want in text
+
+
 def test_report_and_plots(setup):
   d, _, results = setup
   wd = d / "eval"

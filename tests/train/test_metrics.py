@@ -228,3 +228,12 @@ def test_wandb_project_from_gin(tmp_path, monkeypatch):
   assert calls[0] == ("init", {"project": "ablations", "dir": str(tmp_path / "run"),
                                "name": "run"})
   assert ("log", {"loss": 2.0}, 1) in calls
+
+
+def test_log_samples_writes_text_only(tmp_path, tensorboard_texts):
+  metrics.log_samples(str(tmp_path / "a"), "gen/chain", ["first", "**second**"],
+                      process_index=0)
+  assert tensorboard_texts(tmp_path / "a", "gen/chain") == [(0, "first"), (1, "**second**")]
+  assert not (tmp_path / "a" / "metrics.jsonl").exists()
+  metrics.log_samples(str(tmp_path / "b"), "gen/chain", ["x"], process_index=1)
+  assert not (tmp_path / "b").exists()

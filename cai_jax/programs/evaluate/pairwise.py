@@ -47,6 +47,7 @@ from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
 from cai_jax.sampling import Sampler
 from cai_jax.sharding import build_mesh
+from cai_jax.train.metrics import log_samples
 
 _log = logging.getLogger(__name__)
 SETS = {"red_team": "harmlessness", "helpful": "helpfulness"}
@@ -135,6 +136,15 @@ def _agreement(rows: list[dict], judge_fit: dict, oracle_fit: dict) -> dict:
   return {"spearman": float(agree.spearman), "pearson": float(agree.pearson),
           "pairwise_agreement": float(np.mean(same)) if same else float("nan"),
           "pairs_with_oracle_winner": len(decided), "pairs_total": len(rows)}
+
+
+def _decision_markdown(row: dict, names: list[str], prompts: list, answers: list) -> str:
+  """One judge decision as Markdown for TensorBoard's text dashboard."""
+  a, b, i = row["a"], row["b"], row["prompt"]
+  oracle = f", oracle {row['oracle_p_a']:.1f}" if "oracle_p_a" in row else ""
+  return (f"**Prompt**\n\n{prompts[i][1][-1].text}\n\n**{names[a]}**\n\n"
+          f"{answers[a][i]['answer']}\n\n**{names[b]}**\n\n{answers[b][i]['answer']}\n\n"
+          f"**P({names[a]} better)** = {row['p_a']:.3f}{oracle}")
 
 
 def _by_model(names: list[str], sets: dict) -> dict:
@@ -267,6 +277,8 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                              seed)
       entry["agreement"] = _agreement(rows, entry["judge"], entry["oracle"])
     results["sets"][kind] = entry
+    log_samples(workdir, f"pairwise/{kind}", [_decision_markdown(r, names, prompts, model_rows)
+                                              for r in rows[:8]])
   results["elo"] = _by_model(names, results["sets"])
   workdir_lib.write_json(results_path, results)
   pairwise_report.write(workdir, results)

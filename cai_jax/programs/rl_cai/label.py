@@ -56,6 +56,7 @@ from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.sampling import Sampler, call_seed
 from cai_jax.sharding import build_mesh
 from cai_jax.run import program
+from cai_jax.train.metrics import log_samples
 from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
@@ -221,6 +222,9 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
   workdir_lib.write_json(os.path.join(workdir, "diagnostics.json"),
                          {"summary": summary, "diagnostics": diag})
   report = diagnostics_markdown(diag, summary)
+  log_samples(workdir, "label_preferences/judgment", [
+      f"**Prompt**\n\n{r['prompt']}\n\n**Chosen** (p = {r['p_chosen']:.3f})\n\n"
+      f"{r['chosen']}\n\n**Rejected**\n\n{r['rejected']}" for r in rows[:8]])
   workdir_lib.write_text(os.path.join(workdir, "diagnostics.md"), report)
   _log.info("label_preferences diagnostics:\n%s", report)
   provenance = {"program": "label_preferences", "constitution_hash": const.content_hash,

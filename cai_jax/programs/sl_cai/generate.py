@@ -50,6 +50,7 @@ from cai_jax.sampling import Sampler, call_seed
 from cai_jax.sampling.continuous import Request, run_jobs
 from cai_jax.sharding import build_mesh
 from cai_jax.run import program
+from cai_jax.train.metrics import log_samples
 from cai_jax.run.runner import COSMETIC
 
 _log = logging.getLogger(__name__)
@@ -248,6 +249,16 @@ def _generate_shards(sampler: Sampler, tok: Tokenizer, const: cc.Constitution, p
     shards.write(s, examples(chains))
 
 
+def _chain_markdown(row: dict) -> str:
+  """One chain as Markdown for TensorBoard's text dashboard."""
+  parts = [f"**Prompt**\n\n{row['prompt']}", f"**Initial answer**\n\n{row['initial']}"]
+  for k, revision in enumerate(row["revisions"]):
+    if k < len(row["critiques"]):
+      parts.append(f"**Critique {k + 1}**\n\n{row['critiques'][k]}")
+    parts.append(f"**Revision {k + 1}**\n\n{revision}")
+  return "\n\n".join(parts)
+
+
 def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Constitution,
                    spec: dict, prompts_path: str) -> str:
   """Gathers the shards into the ``sl_data`` record set; returns its folder."""
@@ -274,6 +285,7 @@ def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Con
   records_dir = os.path.join(workdir, "records")
   write_records(SL_DATA, {"train": rows}, sl_features(), records_dir, provenance=provenance,
                 sources=[os.path.abspath(prompts_path)], overwrite=True)
+  log_samples(workdir, "generate_sl/chain", [_chain_markdown(r) for r in rows[:8]])
   workdir_lib.mark_done(workdir, f"{len(rows)} prompts\n")
   return os.path.join(records_dir, SL_DATA)
 
