@@ -3,12 +3,16 @@
 A tiny world of twelve words and two answer styles: polite answers (``GOOD``) are the
 chosen ones, rude answers (``BAD``) the rejected ones. The fixtures give the words, the
 pair writer, conversations in both styles, a tokenizer trained on exactly that text, the
-320-vocab model config and a saved random LM (session-scoped: built once, read only).
+320-vocab model config and a saved random LM (session-scoped: built once, read only); and
+``bpe_folder``, a tiny byte-level BPE ``tokenizer.json`` with a ChatML template, where the
+judge's options "(A)"/"(B)" take several tokens.
 """
 import json
 
 import numpy as np
 import pytest
+import tokenizers
+from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
 
 from cai_jax import models
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn
@@ -110,3 +114,33 @@ def same_saved_params():
   """``same_saved_params(ref_dir, other_dir) -> SavedModel``: the resume tests' check that
   a killed-and-resumed run saved exactly the uninterrupted run's parameters."""
   return _same_saved_params
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def bpe_folder(tmp_path_factory, dialogue_texts_small):
+  tok = tokenizers.Tokenizer(tok_models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(dialogue_texts_small, trainers.BpeTrainer(
+      vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False))
+  tok.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False)
+                          for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
+  folder = tmp_path_factory.mktemp("bpe")
+  tok.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(json.dumps(
+      {"eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>"}))
+  (folder / "chat_template.jinja").write_text(CHATML)
+  return str(folder)
+
+
+@pytest.fixture(scope="session")
+def dialogue_texts_small():
+  words = "the a lamp river bread answer is which response more harmful harmless option".split()
+  rng = np.random.default_rng(0)
+  return [" ".join(rng.choice(words, 12)) + " (A) (B) Human: Assistant: ?" for _ in range(300)]

@@ -4,7 +4,7 @@ feedback model's one-answer verdicts.
 A tiny byte-level BPE with a ChatML template (built here) splits "(A)" into several
 tokens; the feedback model then scores each option's whole token sequence. The reference
 is a brute-force full forward (``models.logits``) summing the option tokens' log-probs,
-independent of the scoring path. With the sentencepiece toy vocabulary, where each option
+independent of the scoring path. The BPE folder is ``conftest.py``'s ``bpe_folder``. With the sentencepiece toy vocabulary, where each option
 is one token, the single-token fast path runs (and gives the same brute-force numbers).
 """
 import dataclasses
@@ -13,8 +13,6 @@ import json
 import jax
 import numpy as np
 import pytest
-import tokenizers
-from tokenizers import decoders, models as tok_models, pre_tokenizers, trainers
 
 from cai_jax import constitution as cc
 from cai_jax import models
@@ -27,36 +25,6 @@ from cai_jax.programs.rl_cai.label import label_preferences
 from cai_jax.rl import feedback as feedback_lib
 from cai_jax.rl.feedback import FeedbackModel, option_tokens
 from cai_jax.sampling import Sampler, continued_option_logprobs
-
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
-          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def bpe_folder(tmp_path_factory, dialogue_texts_small):
-  tok = tokenizers.Tokenizer(tok_models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(dialogue_texts_small, trainers.BpeTrainer(
-      vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False))
-  tok.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False)
-                          for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
-  folder = tmp_path_factory.mktemp("bpe")
-  tok.save(str(folder / "tokenizer.json"))
-  (folder / "tokenizer_config.json").write_text(json.dumps(
-      {"eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>"}))
-  (folder / "chat_template.jinja").write_text(CHATML)
-  return str(folder)
-
-
-@pytest.fixture(scope="module")
-def dialogue_texts_small():
-  words = "the a lamp river bread answer is which response more harmful harmless option".split()
-  rng = np.random.default_rng(0)
-  return [" ".join(rng.choice(words, 12)) + " (A) (B) Human: Assistant: ?" for _ in range(300)]
-
 
 def _brute(model, pairs):
   """Sum of log p(option token | everything before), from one full forward per row."""
