@@ -1,8 +1,11 @@
 """The toy-world experiment end to end through the binary, on a shortened schedule:
 data -> base model trained from scratch (loss falls) -> evaluation -> SL-CAI data,
 SFT and evaluation -> AI labels -> preference model -> PPO and DPO, their evaluations,
-the over-optimisation curve -> report; then a rerun skips every finished phase."""
+the over-optimisation curve, the pairwise Elo evaluation -> the report page; then a rerun
+skips every finished phase."""
 import json
+import os
+import re
 
 import pytest
 
@@ -35,7 +38,8 @@ SMALL = [
     "ppo.minibatch_size=4", "ppo.max_new_tokens=12", "ppo.probe_every=1", "ppo.ckpt_every=1",
     "toy_probe.n=8", "toy_probe.max_new_tokens=12", "ppo/toy_eval.max_new_tokens=16",
     "dpo.num_steps=4", "dpo.batch_size=4", "dpo.seq_len=96", "dpo.ckpt_every=2",
-    "dpo/toy_eval.max_new_tokens=16",
+    "dpo/toy_eval.max_new_tokens=16", "pairwise_eval.max_new_tokens=12",
+    "pairwise_eval.num_bootstrap=100",
 ]
 
 
@@ -87,7 +91,25 @@ def test_toy_world_pipeline_end_to_end(run_main, tmp_path):
   assert "| RL-CAI (PPO) |" in r.stdout and "| RL-CAI (DPO) |" in r.stdout
   assert "- SL-CAI schedule: " in r.stdout and "- DPO: step 4 of 4 kept" in r.stdout
   assert (tmp_path / "exp" / "overoptimisation" / "overoptimisation.svg").exists()
+  # the paper's evaluation: pairwise Elo by the feedback model and by the oracle
+  pw = json.loads((tmp_path / "exp" / "pairwise" / "results.json").read_text())
+  assert pw["models"] == ["base", "SL-CAI", "PPO", "DPO"] and pw["anchor"] == "base"
+  assert sum(e["num_prompts"] for e in pw["sets"].values()) == 24
+  for entry in pw["sets"].values():
+    assert entry["num_comparisons"] == 6 * entry["num_prompts"]
+    assert entry["judge"]["ratings"][0] == entry["oracle"]["ratings"][0] == 0.0
+    agree = entry["agreement"]
+    assert agree["pairs_total"] == entry["num_comparisons"]
+    assert not abs(agree["spearman"]) > 1.0   # nan where the oracle ties every model
+  # the report page embeds the Elo tables and figures that exist
+  page = (tmp_path / "exp" / "report" / "results.md").read_text()
+  assert "## Pairwise evaluation: Elo scores" in page and "| PPO | " in page
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+  assert {os.path.basename(x) for x in links} == {
+      "pareto.png", "pareto_oracle.png", "ppo_curves.png", "pm_reliability.png",
+      "overoptimisation.png"}
+  assert all((tmp_path / "exp" / "report" / x).exists() for x in links)
   again = _run(run_main, tmp_path / "exp")
   assert again.returncode == 0
-  assert again.stdout.count("complete, skipped") == 20, [   # all but the report
+  assert again.stdout.count("complete, skipped") == 22, [   # all but the report
       line for line in again.stdout.splitlines() if line.startswith("[")]
