@@ -14,20 +14,15 @@ links relative to the report's own folder so the page renders where it lies:
 """
 from __future__ import annotations
 
-import json
 import os
 
 from cai_jax import workdir as workdir_lib
 from cai_jax.evaluation import pairwise_report, plots
+from cai_jax.train.metrics import read_jsonl
 
 
 def _link(report_dir: str, path: str) -> str:
   return os.path.relpath(os.path.abspath(path), os.path.abspath(report_dir))
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def figure_section(report_dir: str, title: str, png: str, caption: str = "") -> list[str]:
@@ -56,13 +51,7 @@ def pairwise_section(report_dir: str, pairwise_dir: str) -> list[str]:
     out += ["By the oracle (ground truth, evaluation only):", "",
             *pairwise_report.elo_table(res, "oracle"), "",
             "Agreement of the AI judge with the oracle:", "",
-            "| prompts | Spearman (Elo) | Pearson (Elo) | pairs: judge picks the oracle's "
-            "winner |", "|---|---|---|---|"]
-    for kind, axis in pairwise_report.AXES:
-      a = sets[kind]["agreement"]
-      out.append(f"| {axis} | {a['spearman']:.3f} | {a['pearson']:.3f} | "
-                 f"{a['pairwise_agreement']:.3f} ({a['pairs_with_oracle_winner']} pairs) |")
-    out.append("")
+            *pairwise_report.agreement_table(res), ""]
   for stem, what in (("pareto", "AI judge"), ("pareto_oracle", "oracle")):
     png = os.path.join(pairwise_dir, stem + ".png")
     if os.path.exists(png):
@@ -75,7 +64,7 @@ def ppo_section(report_dir: str, ppo_dir: str) -> list[str]:
   path = os.path.join(ppo_dir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  rows = _read_jsonl(path)
+  rows = read_jsonl(path)
   if not rows:
     return []
   png = plots.ppo_curves(os.path.join(report_dir, "ppo_curves"), rows)[0]
@@ -89,7 +78,7 @@ def reliability_section(report_dir: str, pm_eval_dir: str, *, num_bins: int = 10
   path = os.path.join(pm_eval_dir, "heldout_scores.jsonl")
   if not os.path.exists(path):
     return []
-  rows = _read_jsonl(path)
+  rows = read_jsonl(path)
   if not rows:
     return []
   probs, targets = [r["prob"] for r in rows], [r["target"] for r in rows]

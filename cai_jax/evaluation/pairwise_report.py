@@ -30,6 +30,19 @@ def elo_table(results: dict, source: str = "judge") -> list[str]:
   return lines
 
 
+def agreement_table(results: dict) -> list[str]:
+  """Markdown rows: per axis, the rank and linear correlation of the judge's and the
+  oracle's Elo and the share of oracle-decided pairs where the judge picks the winner."""
+  lines = ["| prompts | Spearman (Elo ranks) | Pearson (Elo) | pairs: judge picks the "
+           "oracle's winner | pairs with an oracle winner |", "|---|---|---|---|---|"]
+  for kind, axis in AXES:
+    a = results["sets"][kind]["agreement"]
+    lines.append(f"| {axis} | {a['spearman']:.3f} | {a['pearson']:.3f} | "
+                 f"{a['pairwise_agreement']:.3f} | {a['pairs_with_oracle_winner']} of "
+                 f"{a['pairs_total']} |")
+  return lines
+
+
 def _win_table(results: dict, kind: str) -> list[str]:
   names, wins = results["models"], results["sets"][kind]["judge"]["win_rate"]
   lines = ["| row beats column | " + " | ".join(names) + " |",
@@ -54,15 +67,7 @@ def markdown(results: dict) -> str:
          "## By the judge", "", *elo_table(results, "judge"), ""]
   if all("oracle" in e for e in sets.values()):
     out += ["## By the oracle (ground truth)", "", *elo_table(results, "oracle"), "",
-            "## Agreement of the judge with the oracle", "",
-            "| prompts | Spearman (Elo ranks) | Pearson (Elo) | pairs: judge picks the "
-            "oracle's winner | pairs with an oracle winner |", "|---|---|---|---|---|"]
-    for kind, axis in AXES:
-      a = sets[kind]["agreement"]
-      out.append(f"| {axis} | {a['spearman']:.3f} | {a['pearson']:.3f} | "
-                 f"{a['pairwise_agreement']:.3f} | {a['pairs_with_oracle_winner']} of "
-                 f"{a['pairs_total']} |")
-    out.append("")
+            "## Agreement of the judge with the oracle", "", *agreement_table(results), ""]
   for kind, axis in AXES:
     out += [f"## Judge's win rates, {axis} prompts", "", *_win_table(results, kind), ""]
   out += ["![Pareto plot](pareto.png)", ""]

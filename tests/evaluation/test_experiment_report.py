@@ -44,7 +44,7 @@ def test_pairwise_section(tmp_path):
   text = "\n".join(lines)
   assert "| PPO | +40 [+20, +61] | +50 [+30, +71] |" in text   # judge: harm, help
   assert "| PPO | +80 [+60, +99] | +80 [+60, +99] |" in text   # oracle
-  assert "| harmlessness | 0.500 | 0.750 | 0.625 (16 pairs) |" in text
+  assert "| harmlessness | 0.500 | 0.750 | 0.625 | 16 of 21 |" in text
   links = _links(lines)
   assert links == ["../pairwise/pareto.png", "../pairwise/pareto_oracle.png"]
   for link in links:
