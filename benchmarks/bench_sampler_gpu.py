@@ -5,8 +5,8 @@ Run on the device machine (one H200), from the repository root:
 
   PYTHONUNBUFFERED=1 python3 benchmarks/bench_sampler_gpu.py --out $OUT/gpu.json
 
-Wall time on an H200: estimated 5-7 minutes (not yet measured: no GPU so far), most of
-it XLA compiles and the transformers peer. Every section rewrites the JSON as it ends, so
+Wall time on an H200: 340 s (2026-12-04: decode 52 s, peer 137 s, PPO 82 s, of which the
+PPO learner's first compile 68 s); results in BENCHMARKS.md, "GPU (item 7)". Every section rewrites the JSON as it ends, so
 a run stopped at its limit keeps the finished sections; a section that fails is recorded
 under ``errors`` (exit status 1) and the next one still runs. ``--only decode,peer,ppo``
 picks sections (e.g. ``--only ppo`` to rerun one). ``python benchmarks/bench_sampler.py
@@ -16,13 +16,17 @@ Setup. The script puts the repository root on ``sys.path``, so no install is nee
 beyond the dependencies. With network access: ``pip install -e .[test] && pip install -U
 "jax[cuda12]"``. The lent H200 image has no network but holds jax 0.11 with its CUDA 13
 plugin, flax, optax, orbax, sentencepiece, safetensors, torch 2.11+cu130 and
-transformers 5.17 (run it with that image's ``python3``). It lacks these imports of
+transformers 5.17 (run it with that image's ``python3``, with that image's flax: flax
+0.12.8, this repo's pin, does not import under jax 0.11). It lacks these imports of
 ``cai_jax`` (``sampling`` imports gin; ``rl.reward`` imports grain and
 tensorflow-datasets through ``data.loaders``), pinned as in this repo's venv:
 
   gin-config==0.5.0 grain==0.2.18 array-record==0.8.6 tensorflow-datasets==4.9.10
   tensorflow-metadata==1.21.0 immutabledict==4.3.1 portpicker==1.6.0 promise==2.3
   toml==0.10.2 googleapis-common-protos==1.76.0
+  (the 2026-12-04 run also carried tensorboardX==2.6.5 dm-tree simple-parsing termcolor
+  docstring-parser, 13 MB of wheels in all, and set XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 so
+  that the transformers peer has room beside JAX's pool)
 
 Carry them as wheels (the device tool's README: ``pip download --no-deps
 --only-binary=:all: --python-version 3.12 ... -d .whl NAMES``, ``carry: [".whl"]``, then
@@ -675,8 +679,9 @@ def run(smoke: bool = False, out: str | None = None, only: tuple[str, ...] = SEC
   CompileClock.get()
   pk = peaks(smoke)
   meta = {"smoke": smoke, "peaks": pk, "jax": jax.__version__,
-          "backend": jax.default_backend(), "model_name": "Llama-3.2-1B-shaped" if sh.model == M1B
-          else "tiny", "model": sh.model.to_dict(), "params": sh.model.num_params(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "backend": jax.default_backend(),
+          "model_name": "Llama-3.2-1B-shaped" if sh.model == M1B else "tiny",
+          "model": sh.model.to_dict(), "params": sh.model.num_params(),
           "prompt": sh.prompt, "new_tokens": sh.new, "batches": list(sh.batches),
           "sections": list(only), "section_s": {}}
   report = Report(out, meta)
