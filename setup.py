@@ -36,5 +36,8 @@ setuptools.setup(
             "transformers==5.23.0",
             "tensorboard==2.21.0",
         ],
+        # Accelerator builds of the same JAX as install_requires (the pins must match).
+        "tpu": ["jax[tpu]==0.10.2"],
+        "cuda": ["jax[cuda12]==0.10.2"],
     },
 )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tails the log of worker ${WORKER:-0}.
+# Follows ~/cai_jax.log (written by run.sh) on worker ${WORKER:-0}.
+set -euo pipefail
 source "$(dirname "$0")/common.sh"
-gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$TPU_ZONE" "${TPU_PROJECT_FLAG[@]}" \
-  --worker="${WORKER:-0}" --command "tail -n 200 -f ~/cai_jax.log"
+on_workers "${WORKER:-0}" "tail -n ${LOG_LINES:-200} -f ~/cai_jax.log"
