@@ -37,7 +37,10 @@ setuptools.setup(
             "tensorboard==2.21.0",
         ],
         # Accelerator builds of the same JAX as install_requires (the pins must match).
-        "tpu": ["jax[tpu]==0.10.2"],
+        "tpu": ["jax[tpu]==0.10.2", "gcsfs==2026.10.1", "google-cloud-storage==3.17.1"],
         "cuda": ["jax[cuda12]==0.10.2"],
+        # gs:// workdirs and inputs (etils.epath reads them through gcsfs; Orbax imports
+        # google-cloud-storage for gs:// checkpoints); the tpu extra includes them.
+        "gcs": ["gcsfs==2026.10.1", "google-cloud-storage==3.17.1"],
     },
 )

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import gin
 
+from cai_jax import paths
 from cai_jax.models.config import ModelConfig
 from cai_jax.run import runner
 from cai_jax.train import optim
@@ -88,8 +89,8 @@ def _resolve(path: str) -> str:
 
 
 def write_config(workdir: str, name: str, text: str) -> str:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, name)
-  with open(path, "w", encoding="utf-8") as f:
+  paths.makedirs(workdir)
+  path = paths.join(workdir, name)
+  with paths.open(path, "w") as f:
     f.write(text)
   return path

@@ -18,7 +18,8 @@ cleared and run again (``on_change='rerun'``, the default) or refused
 are themselves resumable inside a phase), and an edited experiment reruns exactly the
 phases the edit affects. The experiment root is locked while the pipeline runs. Relative paths in the gin bindings
 are relative to the experiment root: the pipeline runs with the root as the current
-directory, so ``'data/corpus.jsonl'`` means the ``data`` phase's output.
+directory, so ``'data/corpus.jsonl'`` means the ``data`` phase's output (and the root
+must be a local folder, not a ``gs://`` URL).
 """
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ from typing import Callable, Mapping
 
 import gin
 
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.run import runner as program_lib
 from cai_jax.run.lock import WorkdirLock
+from cai_jax.sharding import processes
 
 _log = logging.getLogger(__name__)
 
@@ -63,38 +66,47 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
   """
   if on_change not in ("rerun", "error"):
     raise ValueError(f"pipeline.on_change must be 'rerun' or 'error', got {on_change!r}")
-  root = os.path.abspath(workdir)
-  os.makedirs(root, exist_ok=True)
+  if not paths.is_local(workdir):
+    raise ValueError(f"pipeline: a pipeline root must be local (phases use root-relative "
+                     f"paths), got {workdir!r}; run the phases' programs with gs:// workdirs "
+                     "one by one instead")
+  root = paths.absolute(workdir)
+  paths.makedirs(root)
   unknown = (set(only) | set(always_run)) - set(phases)
   if unknown:
     raise ValueError(f"pipeline.only names unknown phases {sorted(unknown)}; "
                      f"phases are {list(phases)}")
   timings = {}
   mismatch = "restart" if on_change == "rerun" else "error"
-  with _cwd(root), WorkdirLock(root, "pipeline"):
+  # One process of a multi-process job locks the root; every process runs every phase
+  # (programs split or share the work) and they pass a barrier after each phase, so
+  # none reads a phase's outputs before process 0 has written them.
+  lock = WorkdirLock(root, "pipeline") if processes.is_chief() else contextlib.nullcontext()
+  with _cwd(root), lock:
     for i, (name, program) in enumerate(phases.items()):
       if os.sep in name or name.startswith("."):
         raise ValueError(f"bad phase name {name!r}")
       if only and name not in only:
         continue
-      phase_dir = os.path.join(root, name)
+      phase_dir = paths.join(root, name)
       banner = f"[{i + 1}/{len(phases)}] {name}"
       decorated = getattr(program, "cai_program", None) is not None
       if not decorated and workdir_lib.is_done(phase_dir) and name not in always_run:
         print(f"{banner}: complete, skipped", flush=True)
         continue
-      os.makedirs(phase_dir, exist_ok=True)
+      paths.makedirs(phase_dir)
       events = {"on_start": lambda b=banner: print(f"{b}: running", flush=True)}
       if not decorated:
         events["on_start"]()
       start = time.perf_counter()
       with program_lib.policy(mismatch, force=name in always_run, events=events):
         program(workdir=phase_dir)
+      if not decorated and not workdir_lib.is_done(phase_dir) and processes.is_chief():
+        workdir_lib.mark_done(phase_dir)   # a program decides its own completion
+      processes.barrier(f"pipeline:{name}")
       if events.get("skipped"):
         print(f"{banner}: complete, skipped", flush=True)
         continue
       timings[name] = time.perf_counter() - start
-      if not decorated and not workdir_lib.is_done(phase_dir):
-        workdir_lib.mark_done(phase_dir)   # a program decides its own completion
       print(f"{banner}: done in {timings[name]:.1f} s", flush=True)
   return timings

@@ -4,7 +4,9 @@ A program writes its outputs into its workdir and, last, a ``DONE`` marker (JSON
 program's one-line summary and, for a decorated program, the identity of the run; see
 ``cai_jax.run.runner``, which decides skip, resume or restart). Files other programs
 read are written atomically (to a temporary name in the same folder, flushed to disk,
-then renamed), so a killed run never leaves half a file behind.
+then renamed), so a killed run never leaves half a file behind. A workdir may be a URL
+(``gs://bucket/run``): every path goes through ``cai_jax.paths``, and on an object store
+a single object write is already all-or-nothing.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import json
 import logging
 import os
 from typing import Any, Iterable
+
+from cai_jax import paths
 
 DONE_FILE = "DONE"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +27,7 @@ OWNED: dict[str, dict] = {}
 
 def is_done(workdir: str) -> bool:
   """True if ``workdir`` holds a completion marker."""
-  return os.path.isfile(os.path.join(workdir, DONE_FILE))
+  return paths.isfile(paths.join(workdir, DONE_FILE))
 
 
 def mark_done(workdir: str, text: str = "") -> None:
@@ -32,11 +36,11 @@ def mark_done(workdir: str, text: str = "") -> None:
   Inside a decorated program that owns ``workdir`` the summary is kept and the decorator
   writes the marker, with the run's identity, after the program returns.
   """
-  owner = OWNED.get(os.path.abspath(workdir))
+  owner = OWNED.get(paths.absolute(workdir))
   if owner is not None:
     owner.update(summary=text, marked=True)
     return
-  write_json(os.path.join(workdir, DONE_FILE), {"summary": text.strip()})
+  write_json(paths.join(workdir, DONE_FILE), {"summary": text.strip()})
 
 
 def skip_if_done(workdir: str, program: str) -> bool:
@@ -48,14 +52,9 @@ def skip_if_done(workdir: str, program: str) -> bool:
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically (creates the folder)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes ``text`` to ``path`` atomically (creates the folder; see
+  ``paths.write_atomic``)."""
+  paths.write_atomic(os.fspath(path), text)
 
 
 def write_json(path: str, value: Any, *, indent: int | None = 2,
@@ -72,7 +71,7 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> None:
 
 def read_json(path: str) -> Any:
   """Reads a JSON file; a malformed one raises ``ValueError`` naming the path."""
-  with open(path, encoding="utf-8") as f:
+  with paths.open(os.fspath(path)) as f:
     try:
       return json.load(f)
     except json.JSONDecodeError as e:
@@ -83,8 +82,10 @@ def resolve_input(path: str) -> str:
   """An input file or folder: ``~`` expanded; a relative path is looked up from the cwd,
   then from the repository root (so ``'prompts/red_team.jsonl'`` works from a pipeline's
   experiment folder). A path found nowhere is returned absolute, for its reader to
-  report."""
+  report. A URL (``gs://...``) is returned as it is."""
   path = os.path.expanduser(os.fspath(path))
+  if not paths.is_local(path):
+    return paths.absolute(path)
   if os.path.exists(path) or os.path.isabs(path):
     return os.path.abspath(path)
   candidate = os.path.join(REPO_ROOT, path)

@@ -295,7 +295,8 @@ def test_setup_declares_tpu_and_cuda_extras_with_the_same_jax():
   version = pins["jax"]
   assert pins["jaxlib"] == version
   extras = kw["extras_require"]
-  assert extras["tpu"] == [f"jax[tpu]=={version}"]
+  assert extras["tpu"][0] == f"jax[tpu]=={version}"
+  assert set(extras["gcs"]) <= set(extras["tpu"])   # TPU runs write to gs://
   assert extras["cuda"] in ([f"jax[cuda12]=={version}"], [f"jax[cuda13]=={version}"])
   # the installed jax (the pinned one) declares the extras named
   dist = importlib.metadata.distribution("jax")

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cai_jax import paths
 from cai_jax.data.conversations import parse_preference_row, parse_prompt_row, read_jsonl
 from cai_jax.data.dialogue import Turn
 from cai_jax.data.records import (DataSource, build_or_reuse, content_hash, files_hash,
@@ -185,7 +186,7 @@ class _JsonlBuilder(_ListBuilder, skip_registration=True):
 
   def __init__(self, *, sources: Mapping[str, str], provenance: Mapping[str, Any] | None = None,
                **kwargs):
-    self._sources = {s: os.path.abspath(os.fspath(p)) for s, p in sources.items()}
+    self._sources = {s: paths.absolute(p) for s, p in sources.items()}
     meta = make_metadata(self.name, str(self.VERSION), files_hash(self._sources),
                          self._sources.values(), provenance)
     super().__init__(metadata=meta, **kwargs)
@@ -222,9 +223,9 @@ class PreferencePairs(_JsonlBuilder, skip_registration=True):
 def _build_jsonl(cls: type[_JsonlBuilder], jsonl: str | Mapping[str, str], data_dir: str,
                  provenance: Mapping[str, Any] | None, overwrite: bool) -> dict[str, DataSource]:
   sources = {"train": jsonl} if isinstance(jsonl, (str, os.PathLike)) else dict(jsonl)
-  sources = {s: os.path.abspath(os.fspath(p)) for s, p in sources.items()}
+  sources = {s: paths.absolute(p) for s, p in sources.items()}
   for path in sources.values():
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise FileNotFoundError(f"no JSONL file at {path!r}")
   digest = files_hash(sources)
   make = lambda: cls(sources=sources, provenance=provenance, data_dir=os.fspath(data_dir))
@@ -278,5 +279,5 @@ def open_preference_pairs(path: str, build_dir: str, split: str = "train") -> Da
   """
   if path.endswith(".jsonl"):
     return build_preference_pairs({split: path}, build_dir)[split]
-  data_dir, name = os.path.split(os.path.normpath(path))
+  data_dir, name = paths.split(path)
   return read_records(data_dir, name, split=split)

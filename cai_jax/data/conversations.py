@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
+from cai_jax import paths
 from cai_jax.data.dialogue import ASSISTANT, HUMAN, Turn, parse_hh, render
 
 
@@ -74,7 +75,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
     InputError: at the first line with bytes that are not UTF-8.
   """
   offset = 0
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for lineno, raw in enumerate(f, 1):
       if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
         raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
@@ -163,7 +164,7 @@ def read_conversations(path: str) -> list[list[Turn]]:
 
 def write_conversations(path: str, conversations: Iterable[Sequence[Turn]]) -> int:
   n = 0
-  with open(path, "w", encoding="utf-8") as f:
+  with paths.open(path, "w") as f:
     for turns in conversations:
       f.write(json.dumps({"turns": [dataclasses.asdict(t) for t in turns]}) + "\n")
       n += 1

@@ -5,8 +5,8 @@ and ``it.get_state()`` / ``it.set_state(state)`` resume at the exact position (s
 state next to the model checkpoint). The stages:
 
   ``examples``: a ``grain.MapDataset`` over any random-access source (``read_records``,
-    ``tfds.data_source``, a list), this process's shard of it (every ``process_count()``-th
-    example from ``process_index()``), a fresh seeded permutation every epoch;
+    ``tfds.data_source``, a list), all of it on every process (or a shard of it, see
+    ``process_shard_options``), a fresh seeded permutation every epoch;
   ``EncodeDialogue``: an example -> ``ids`` + ``loss_mask`` (1 on the body and end-of-turn
     tokens of assistant/critique/revision turns);
   ``token_batches``: fixed-length rows (padding, or packing with ``segment_ids`` and
@@ -51,14 +51,17 @@ def examples(source: Sequence[Any], *, seed: int = 0, shuffle: bool = True,
     seed: shuffle seed; epoch ``e`` uses a permutation derived from (seed, e).
     shuffle: if False, keep the source order.
     num_epochs: passes over the shard; None repeats forever.
-    shard_options: which shard to read; default ``process_shard_options()``. With
+    shard_options: which shard to read; default: all of it (every process reads the
+      global batches; see ``sharding.batch_putter``). ``process_shard_options()``: with
       ``drop_remainder`` every shard has ``len(source) // shard_count`` examples (the
       last ``len % shard_count`` are not read by anyone), so all processes step alike.
 
   Raises:
     ValueError: if the shard is empty.
   """
-  opts = shard_options if shard_options is not None else process_shard_options()
+  # Default: every process reads the same global stream (batch_putter places each
+  # process's rows), so a multi-process job sees the batches of a one-process run.
+  opts = shard_options if shard_options is not None else grain.sharding.NoSharding()
   ds = grain.MapDataset.source(source)
   if opts.drop_remainder:
     ds = ds[:len(ds) - len(ds) % opts.shard_count]
@@ -225,8 +228,8 @@ def preference_loader(source: Sequence[Any], tokenizer: Tokenizer, *, seq_len: i
   ds = examples(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                 shard_options=shard_options).map(EncodePair(tokenizer, seq_len))
   ds = ds.batch(batch_size, drop_remainder=True)
-  if trim is None:
-    trim = jax.process_count() == 1
+  if trim is None:   # processes read the same batches, so they agree on the length
+    trim = True
   if trim:
     ds = ds.map(TrimPairs(seq_len))
   return ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)

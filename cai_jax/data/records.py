@@ -20,11 +20,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+
+from cai_jax import paths as path_lib
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ def content_hash(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 
 
 def _update_with_file(h, path: str) -> None:
-  with open(path, "rb") as f:
+  with path_lib.open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
 
@@ -94,15 +97,15 @@ def make_metadata(name: str, version: str, digest: str, sources: Iterable[str] =
     raise ValueError(f"record set {name!r}: provenance must be JSON-serialisable: {e}") from None
   return tfds.core.MetadataDict(
       name=name, version=str(version), content_hash=digest,
-      sources=[os.path.abspath(os.fspath(p)) for p in sources], provenance=provenance)
+      sources=[path_lib.absolute(p) for p in sources], provenance=provenance)
 
 
 def _versions(data_dir: str, name: str) -> list[str]:
-  root = os.path.join(data_dir, name)
-  if not os.path.isdir(root):
+  root = path_lib.join(data_dir, name)
+  if not path_lib.isdir(root):
     return []
-  found = [v for v in os.listdir(root)
-           if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+  found = [v for v in path_lib.listdir(root)
+           if path_lib.isfile(path_lib.join(root, v, "dataset_info.json"))]
   return sorted(found, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()))
 
 
@@ -119,15 +122,15 @@ def dataset_dir(data_dir: str, name: str, version: str | None = None) -> str:
     raise FileNotFoundError(
         f"no record set {name!r} (version {version or 'any'}) under {data_dir!r}; "
         f"complete versions there: {versions or 'none'}")
-  return os.path.join(os.fspath(data_dir), name, str(version))
+  return path_lib.join(os.fspath(data_dir), name, str(version))
 
 
 def read_metadata(data_dir: str, name: str, version: str | None = None) -> dict[str, Any]:
   """The ``metadata.json`` of a record set (empty dict if it has none)."""
-  path = os.path.join(dataset_dir(data_dir, name, version), "metadata.json")
-  if not os.path.isfile(path):
+  path = path_lib.join(dataset_dir(data_dir, name, version), "metadata.json")
+  if not path_lib.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
+  with path_lib.open(path) as f:
     return json.load(f)
 
 
@@ -170,7 +173,9 @@ def build_or_reuse(make_builder: Callable[[], tfds.core.DatasetBuilder], digest:
   """
   builder = make_builder()
   path = os.fspath(builder.data_dir)
-  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+  if jax.process_index() != 0:   # in a multi-process job, process 0 builds the set
+    return _wait_for_set(make_builder, digest, path)
+  if path_lib.isfile(path_lib.join(path, "dataset_info.json")):
     old = dict(builder.info.metadata or {}).get("content_hash")
     if old == digest:
       _log.info("record set %s is up to date (content %s); reusing it", path, digest[:12])
@@ -180,10 +185,27 @@ def build_or_reuse(make_builder: Callable[[], tfds.core.DatasetBuilder], digest:
           f"record set {path} exists with different content (hash {str(old)[:12]}, new "
           f"{digest[:12]}); bump the version or pass overwrite=True to replace it")
     _log.warning("replacing record set %s (content %s -> %s)", path, str(old)[:12], digest[:12])
-    shutil.rmtree(path)
+    path_lib.rmtree(path)
     builder = make_builder()
   builder.download_and_prepare()
   return builder.as_data_source()
+
+
+def _wait_for_set(make_builder: Callable[[], tfds.core.DatasetBuilder], digest: str,
+                  path: str, timeout_s: float = 6 * 3600) -> dict[str, DataSource]:
+  """The set that process 0 builds (with content ``digest``), once it is complete. If
+  process 0 dies, JAX's coordination service ends this process too."""
+  deadline, said = time.monotonic() + timeout_s, False
+  while time.monotonic() < deadline:
+    if path_lib.isfile(path_lib.join(path, "dataset_info.json")):
+      builder = make_builder()
+      if dict(builder.info.metadata or {}).get("content_hash") == digest:
+        return builder.as_data_source()
+    if not said:
+      _log.info("waiting for process 0 to build the record set %s", path)
+      said = True
+    time.sleep(0.5)
+  raise TimeoutError(f"process 0 did not build the record set {path} in {timeout_s:.0f} s")
 
 
 def to_text(value: Any) -> str:
@@ -208,9 +230,13 @@ def read_rows(path: str, name: str, split: str | None = None) -> list[dict[str, 
     name: the set's name (to find it inside a workdir).
     split: one split; None: all splits, concatenated in name order.
   """
-  if os.path.isdir(os.path.join(path, "records", name)):
-    path = os.path.join(path, "records", name)
-  data_dir, base = os.path.split(os.path.normpath(path))
+  if path_lib.isdir(path_lib.join(path, "records", name)):
+    path = path_lib.join(path, "records", name)
+  if path_lib.is_local(path):
+    data_dir, base = os.path.split(os.path.normpath(path))
+  else:
+    path = path.rstrip("/")
+    data_dir, base = path_lib.dirname(path), path_lib.basename(path)
   found = read_records(data_dir, base, split=split)
   sources = [found] if split is not None else [found[k] for k in sorted(found)]
   return [{k: _plain(v) for k, v in src[i].items()} for src in sources

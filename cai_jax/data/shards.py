@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Sequence
 
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 
 SPEC_FILE = "spec.json"
@@ -22,10 +22,10 @@ def check_spec(directory: str, spec: dict) -> None:
   """Writes the job spec, or checks that existing shards were made with the same one (a
   spec without any shard, left by a run that failed before its first shard, is
   replaced)."""
-  path = os.path.join(directory, SPEC_FILE)
+  path = paths.join(directory, SPEC_FILE)
   has_shards = any(n.startswith("shard_") and n.endswith(".jsonl")
-                   for n in os.listdir(directory)) if os.path.isdir(directory) else False
-  if os.path.isfile(path) and has_shards:
+                   for n in paths.listdir(directory)) if paths.isdir(directory) else False
+  if paths.isfile(path) and has_shards:
     old = workdir_lib.read_json(path)
     if old != spec:
       diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
@@ -47,7 +47,7 @@ class Shards:
   def open(cls, directory: str, spec: dict, num_items: int, shard_size: int) -> Shards:
     if shard_size < 1:
       raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    os.makedirs(directory, exist_ok=True)
+    paths.makedirs(directory)
     check_spec(directory, spec)
     return cls(directory, num_items, shard_size)
 
@@ -56,7 +56,7 @@ class Shards:
     return -(-self.num_items // self.shard_size)
 
   def path(self, shard: int) -> str:
-    return os.path.join(self.directory, f"shard_{shard:05d}.jsonl")
+    return paths.join(self.directory, f"shard_{shard:05d}.jsonl")
 
   def items(self, shard: int) -> range:
     """Indices of the items of ``shard``."""
@@ -64,7 +64,7 @@ class Shards:
 
   def todo(self) -> list[int]:
     """The shards not yet written, in order."""
-    return [s for s in range(self.num_shards) if not os.path.isfile(self.path(s))]
+    return [s for s in range(self.num_shards) if not paths.isfile(self.path(s))]
 
   def num_items_todo(self) -> int:
     return sum(len(self.items(s)) for s in self.todo())
@@ -76,6 +76,6 @@ class Shards:
     """Every shard's rows, in shard order (all shards must be finished)."""
     rows = []
     for s in range(self.num_shards):
-      with open(self.path(s), encoding="utf-8") as f:
+      with paths.open(self.path(s)) as f:
         rows += [json.loads(line) for line in f]
     return rows

@@ -18,6 +18,8 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 ROPE_TYPES = ("default", "linear", "llama3")
 ACTIVATIONS = ("silu", "gelu_tanh")
+# Rematerialisation of each decoder block in the backward pass (``models.layers.REMAT``).
+REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
@@ -63,6 +65,12 @@ class ModelConfig:
       j with i - window < j <= i.
     layer_types: per layer "full_attention" or "sliding_attention"; empty: every layer is
       sliding when ``sliding_window`` is set (Mistral, Phi-3), else full.
+    remat: how each decoder block is rematerialised when differentiated (an execution
+      choice, not part of the architecture: results are the same): "none" keeps every
+      activation for the backward pass; "full" keeps only each block's input and
+      recomputes the rest; "dots_saveable" keeps the matmul outputs;
+      "dots_with_no_batch_dims_saveable" keeps the weight matmuls' outputs only (not the
+      attention scores). ``to_dict`` leaves out the default.
   """
 
   vocab_size: int
@@ -98,6 +106,7 @@ class ModelConfig:
   query_pre_attn_scalar: float | None = None
   sliding_window: int | None = None
   layer_types: tuple[str, ...] = ()
+  remat: str = "none"
 
   def __post_init__(self):
     if isinstance(self.layer_types, list):
@@ -123,7 +132,7 @@ class ModelConfig:
 
   def _check_family_fields(self):
     for name, allowed in (("family", FAMILIES), ("rope_type", ROPE_TYPES),
-                          ("activation", ACTIVATIONS)):
+                          ("activation", ACTIVATIONS), ("remat", REMAT)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     if self.rope_type != "default" and self.rope_factor <= 0:
@@ -179,7 +188,12 @@ class ModelConfig:
     return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * block + d
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The fields; ``remat`` only when set (saved models and run identities written
+    before it existed stay byte-identical)."""
+    d = dataclasses.asdict(self)
+    if d["remat"] == "none":
+      del d["remat"]
+    return d
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), sort_keys=True)

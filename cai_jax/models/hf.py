@@ -13,11 +13,11 @@ This module never imports torch.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
 import struct
+import tempfile
 from typing import Any, Iterator
 
 import jax
@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from cai_jax import paths
 from cai_jax.models import api
 from cai_jax.models.config import ModelConfig
 from cai_jax.models.hf_config import config_from_hf, config_to_hf
@@ -139,7 +140,7 @@ def _to_hf(entry: _Entry, ours: dict[tuple, np.ndarray]) -> np.ndarray:
 
 
 def _read_header(file: str) -> dict[str, Any]:
-  with open(file, "rb") as f:
+  with paths.open(file, "rb") as f:
     (n,) = struct.unpack("<Q", f.read(8))
     header = json.loads(f.read(n))
   header.pop("__metadata__", None)
@@ -152,13 +153,13 @@ class _Checkpoint:
   """Index of the tensors in a folder's safetensors files; loads one tensor at a time."""
 
   def __init__(self, path: str):
-    index = os.path.join(path, _INDEX)
-    if os.path.exists(index):
-      with open(index, encoding="utf-8") as f:
+    index = paths.join(path, _INDEX)
+    if paths.exists(index):
+      with paths.open(index) as f:
         names = sorted(set(json.load(f)["weight_map"].values()))
-      files = [os.path.join(path, name) for name in names]
+      files = [paths.join(path, name) for name in names]
     else:
-      files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+      files = paths.glob(path, "*.safetensors")
     if not files:
       raise FileNotFoundError(f"no *.safetensors files in {path}")
     self.entries: dict[str, tuple[str, dict]] = {}
@@ -173,6 +174,13 @@ class _Checkpoint:
 
   def load(self, key: str) -> np.ndarray:
     file, info = self.entries[key]
+    if not paths.is_local(file) and info["dtype"] in {**_NP_DTYPES, **_RAW_DTYPES}:
+      begin, end = info["data_offsets"]   # a URL: read the tensor's byte range
+      with paths.open(file, "rb") as f:
+        f.seek(info["data_start"] + begin)
+        raw = f.read(end - begin)
+      dt = np.dtype({**_NP_DTYPES, **_RAW_DTYPES}[info["dtype"]]).newbyteorder("<")
+      return np.frombuffer(raw, dtype=dt).reshape(info["shape"]).copy()
     if info["dtype"] in _NP_DTYPES:
       with safe_open(file, framework="np") as f:
         return f.get_tensor(key)
@@ -250,16 +258,27 @@ def read_hf_config(path: str, dtype: Any = jnp.float32) -> ModelConfig:
     FileNotFoundError: no ``config.json`` in ``path``.
     ValueError: an unsupported configuration (naming the field and the file).
   """
-  file = os.path.join(path, "config.json")
-  if not os.path.isfile(file):
+  file = paths.join(path, "config.json")
+  if not paths.isfile(file):
     raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
-  with open(file, encoding="utf-8") as f:
+  with paths.open(file) as f:
     raw = json.load(f)
   try:
     return config_from_hf(raw, dtype)
   except (KeyError, ValueError) as e:
     what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
     raise ValueError(f"{file}: {what}") from None
+
+
+def _save_file(tensors: dict[str, np.ndarray], file: str) -> None:
+  """``safetensors``' ``save_file``; to a URL through a local temporary file."""
+  if paths.is_local(file):
+    save_file(tensors, file, metadata={"format": "pt"})
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, paths.basename(file))
+    save_file(tensors, local, metadata={"format": "pt"})
+    paths.copy(local, file)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -297,10 +316,9 @@ def to_hf(model: Transformer, path: str, *, dtype: Any = None,
   hosts = {p: _to_host(flat[p]) for e in table for p in e.paths}  # every process gathers
   if jax.process_index() != 0:
     return
-  os.makedirs(path, exist_ok=True)
-  for stale in glob.glob(os.path.join(path, "model*.safetensors")) + glob.glob(
-      os.path.join(path, _INDEX)):
-    os.remove(stale)
+  paths.makedirs(path)
+  for stale in paths.glob(path, "model*.safetensors") + paths.glob(path, _INDEX):
+    paths.remove(stale)
   groups, size = [[]], 0
   for entry in table:
     nbytes = math.prod(_hf_shape(entry, flat)) * np_dtype.itemsize
@@ -319,10 +337,10 @@ def to_hf(model: Transformer, path: str, *, dtype: Any = None,
           _to_hf(entry, {p: hosts.pop(p) for p in entry.paths}), np_dtype)
       weight_map[entry.key] = name
       total += tensors[entry.key].nbytes
-    save_file(tensors, os.path.join(path, name), metadata={"format": "pt"})
+    _save_file(tensors, paths.join(path, name))
     del tensors
   if len(groups) > 1:
-    with open(os.path.join(path, _INDEX), "w", encoding="utf-8") as f:
+    with paths.open(paths.join(path, _INDEX), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-  with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+  with paths.open(paths.join(path, "config.json"), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)

@@ -16,9 +16,6 @@ write a language model back as a Hugging Face folder (weights, config, tokenizer
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
-import shutil
 from typing import Any, Mapping
 
 import jax
@@ -26,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models import api, hf
@@ -42,8 +40,8 @@ _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template
 
 def is_hf_folder(path: str) -> bool:
   """True if ``path`` looks like a Hugging Face model folder (config + safetensors)."""
-  return (os.path.isfile(os.path.join(path, "config.json")) and
-          bool(glob.glob(os.path.join(path, "*.safetensors"))))
+  return (paths.isfile(paths.join(path, "config.json")) and
+          bool(paths.glob(path, "*.safetensors")))
 
 
 def save_model(path: str, params: Any, cfg: ModelConfig, *, kind: api.Kind = "lm",
@@ -53,22 +51,22 @@ def save_model(path: str, params: Any, cfg: ModelConfig, *, kind: api.Kind = "lm
   ``manifest.json`` (size and sha256 of every parameter file, checked by ``load``) and
   then ``model.json`` are written last, so a folder with one holds a complete model.
   """
-  path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
-  if os.path.exists(os.path.join(path, MODEL_JSON)) and jax.process_index() == 0:
-    os.remove(os.path.join(path, MODEL_JSON))   # incomplete until rewritten below
+  path = paths.absolute(path)
+  paths.makedirs(path)
+  if paths.exists(paths.join(path, MODEL_JSON)) and jax.process_index() == 0:
+    paths.remove(paths.join(path, MODEL_JSON))   # incomplete until rewritten below
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(path, "params"), params, force=True)
+    ckptr.save(paths.join(path, "params"), params, force=True)
     ckptr.wait_until_finished()
   if jax.process_index() == 0:
     integrity.write_manifest(path, under="params")
-    workdir_lib.write_json(os.path.join(path, MODEL_JSON),
+    workdir_lib.write_json(paths.join(path, MODEL_JSON),
                            {"config": cfg.to_dict(), "kind": kind, "info": _abs_paths(info)})
   return path
 
 
 def _abs_paths(info: Mapping[str, Any] | None) -> dict:
-  return {k: os.path.abspath(v) if k in _PATH_INFO and isinstance(v, str) and v else v
+  return {k: paths.absolute(v) if k in _PATH_INFO and isinstance(v, str) and v else v
           for k, v in (info or {}).items()}
 
 
@@ -88,12 +86,12 @@ def export_hf(params: Any, cfg: ModelConfig, out: str, *, tokenizer_path: str | 
   model = api.merge(api.abstract(cfg)[0], params)
   hf.to_hf(model, out, dtype=dtype, extra_config=extra)
   if tokenizer_path and jax.process_index() == 0:
-    if os.path.isdir(tokenizer_path):
+    if paths.isdir(tokenizer_path):
       for name in _HF_TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(tokenizer_path, name)):
-          shutil.copy(os.path.join(tokenizer_path, name), os.path.join(out, name))
+        if paths.isfile(paths.join(tokenizer_path, name)):
+          paths.copy(paths.join(tokenizer_path, name), paths.join(out, name))
     else:
-      shutil.copy(tokenizer_path, os.path.join(out, "tokenizer.model"))
+      paths.copy(tokenizer_path, paths.join(out, "tokenizer.model"))
   return out
 
 
@@ -116,7 +114,7 @@ class SavedModel:
   @staticmethod
   def exists(path: str) -> bool:
     """True if ``path`` holds a complete saved model (ours or a Hugging Face folder)."""
-    return os.path.isfile(os.path.join(path, MODEL_JSON)) or is_hf_folder(path)
+    return paths.isfile(paths.join(path, MODEL_JSON)) or is_hf_folder(path)
 
   @property
   def is_hf(self) -> bool:
@@ -134,9 +132,9 @@ class SavedModel:
     Raises:
       FileNotFoundError: ``path`` is not a saved model folder.
     """
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if not os.path.isfile(os.path.join(path, MODEL_JSON)) and is_hf_folder(path):
-      has_tok = os.path.isfile(os.path.join(path, "tokenizer.json"))
+    path = paths.absolute(path)
+    if not paths.isfile(paths.join(path, MODEL_JSON)) and is_hf_folder(path):
+      has_tok = paths.isfile(paths.join(path, "tokenizer.json"))
       return cls(path, hf.read_hf_config(path), "lm",
                  {"format": HF_FORMAT, "program": HF_FORMAT,
                   "tokenizer_path": path if has_tok else None})
@@ -144,7 +142,7 @@ class SavedModel:
       raise FileNotFoundError(f"{role} {path} is neither a saved model folder (no "
                               f"{MODEL_JSON}) nor a Hugging Face model folder (config.json "
                               "+ *.safetensors)")
-    meta = workdir_lib.read_json(os.path.join(path, MODEL_JSON))
+    meta = workdir_lib.read_json(paths.join(path, MODEL_JSON))
     return cls(path, ModelConfig.from_dict(meta["config"]), meta["kind"],
                dict(meta.get("info", {})))
 
@@ -210,7 +208,7 @@ class SavedModel:
     if integrity.has_manifest(self.path):
       integrity.verify_manifest(self.path)
     with ocp.StandardCheckpointer() as ckptr:
-      params = ckptr.restore(os.path.join(self.path, "params"), target)
+      params = ckptr.restore(paths.join(self.path, "params"), target)
     integrity.check_finite(params, f"saved model {self.path}")
     if kind == self.kind:
       return graphdef, params
@@ -229,7 +227,7 @@ class SavedModel:
     """Adds entries to ``info`` on disk; returns the updated handle."""
     if self.is_hf:
       raise ValueError(f"{self.path} is a Hugging Face folder; its info is not writable")
-    meta = workdir_lib.read_json(os.path.join(self.path, MODEL_JSON))
+    meta = workdir_lib.read_json(paths.join(self.path, MODEL_JSON))
     meta["info"].update(_abs_paths(info))
-    workdir_lib.write_json(os.path.join(self.path, MODEL_JSON), meta)
+    workdir_lib.write_json(paths.join(self.path, MODEL_JSON), meta)
     return SavedModel.open(self.path)

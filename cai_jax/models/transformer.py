@@ -5,6 +5,8 @@ take ``params`` (a nested dict of arrays) and call ``nnx.merge`` inside.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -20,6 +22,33 @@ def causal_mask(segment_ids_bt: jax.Array | None, b: int, t: int) -> jax.Array:
     return jnp.broadcast_to(mask, (b, t, t))
   same = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
   return mask & same & (segment_ids_bt[:, None, :] != 0)
+
+
+# ``ModelConfig.remat`` -> the ``jax.checkpoint`` policy (None: save only the block input).
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_block(layer: Block, policy_name: str):
+  """``layer``'s cache-free forward ``(x, positions, mask, key_positions) -> x`` under
+  ``jax.checkpoint``.
+
+  The block is split into its graph and parameters so that the checkpointed function is
+  a pure function of arrays; the parameters stay inputs (not saved residuals).
+  """
+  graphdef, state = nnx.split(layer)
+  policy = REMAT_POLICIES[policy_name]
+
+  @functools.partial(jax.checkpoint, policy=policy, prevent_cse=True)
+  def forward(state, x_btd, positions_bt, mask_bts, key_positions_bs):
+    return nnx.merge(graphdef, state)(x_btd, positions_bt, mask_bts,
+                                      key_positions_bs=key_positions_bs)[0]
+
+  return functools.partial(forward, state)
 
 
 def default_positions(segment_ids_bt: jax.Array | None, b: int, t: int) -> jax.Array:
@@ -85,6 +114,10 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(self.cfg.d_model ** 0.5, x.dtype)
     x = x.astype(self.cfg.jnp_dtype)
     new_cache = [] if cache is not None else None
+    if cache is None and self.cfg.remat != "none":   # training / scoring passes
+      for layer in self.layers:
+        x = remat_block(layer, self.cfg.remat)(x, positions_bt, mask_bts, key_positions_bs)
+      return self.final_norm(x), None
     for i, layer in enumerate(self.layers):
       x, layer_cache = layer(x, positions_bt, mask_bts,
                              None if cache is None else cache[i], cache_index, key_positions_bs,

@@ -45,6 +45,7 @@ from cai_jax.rl.reward import RewardModel
 from cai_jax.sampling import Sampler, buckets, call_seed
 from cai_jax.sharding import batch_putter, check_batch_divides
 from cai_jax.train import state as state_lib
+from cai_jax.sharding.processes import fetch
 
 DEFAULT_REFUSAL_MARKERS = ("i can't", "i cannot", "i can not", "i won't", "sorry")
 
@@ -69,10 +70,14 @@ class PPOConfig:
   truncated_score: float | None = None
   refusal_markers: Sequence[str] = DEFAULT_REFUSAL_MARKERS
   seed: int = 0
+  grad_accum_steps: int = 1   # micro-batches per minibatch step (token-weighted)
 
   def __post_init__(self):
     if self.rollout_batch % self.minibatch_size:
       raise ValueError(f"rollout_batch={self.rollout_batch} is not a multiple of "
+                       f"minibatch_size={self.minibatch_size}")
+    if self.grad_accum_steps < 1 or self.minibatch_size % self.grad_accum_steps:
+      raise ValueError(f"grad_accum_steps={self.grad_accum_steps} must be >= 1 and divide "
                        f"minibatch_size={self.minibatch_size}")
     if self.kl_estimator not in kl_lib.KL_ESTIMATORS:
       raise ValueError(f"kl_estimator must be one of {kl_lib.KL_ESTIMATORS}, got "
@@ -193,6 +198,13 @@ def ppo_loss_fn(graphdefs: dict[str, nnx.GraphDef], *, clip_eps: float, value_cl
   return loss_fn
 
 
+def ppo_token_weight(batch: dict, aux: dict) -> jax.Array:
+  """A micro-batch's weight in gradient accumulation: its number of valid tokens (the
+  policy and value losses are means over them)."""
+  del aux
+  return jnp.sum(batch["mask"] > 0, dtype=jnp.float32)
+
+
 # --- The learner -------------------------------------------------------------------------
 
 
@@ -233,7 +245,8 @@ class PPOLearner:
                                           whiten=cfg.whiten_advantages))
     self._epochs = state_lib.make_train_epochs(
         ppo_loss_fn(graphdefs, clip_eps=cfg.clip_eps, value_clip=cfg.value_clip,
-                    vf_coef=cfg.vf_coef), optimizer, state_sharding=state_shardings)
+                    vf_coef=cfg.vf_coef), optimizer, state_sharding=state_shardings,
+        grad_accum_steps=cfg.grad_accum_steps, accum_weight=ppo_token_weight)
 
   def sampler(self, params: dict[str, Any]) -> Sampler:
     """The current policy as a sampler."""
@@ -271,7 +284,7 @@ class PPOLearner:
       score = jnp.where(self._put_rollout({"t": truncated})["t"], cfg.truncated_score, score)
     adv = self._adv(score, scored["logp"], scored["ref_logp"], scored["values"], dev["mask"],
                     beta=beta)
-    host = jax.device_get({"score": score, "kl": adv["kl_seq"], "reward": adv["reward_seq"]})
+    host = fetch({"score": score, "kl": adv["kl_seq"], "reward": adv["reward_seq"]})
     if not all(np.all(np.isfinite(v)) for v in host.values()):
       raise FloatingPointError(f"ppo: non-finite rollout scores at iteration {iteration}; "
                                "the last good checkpoint is kept")
@@ -310,7 +323,7 @@ class PPOLearner:
     index = self.replicated(self.minibatch_index(iteration))
     with jax.set_mesh(self.mesh):
       state, metrics = self._epochs(state, rollout.data, index, jax.random.key(self.cfg.seed))
-    return state, {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    return state, {k: np.asarray(v) for k, v in fetch(metrics).items()}
 
   def learn(self, state: state_lib.TrainState, rollout: Rollout, iteration: int
             ) -> tuple[state_lib.TrainState, dict[str, float]]:

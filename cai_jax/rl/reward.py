@@ -22,6 +22,7 @@ from cai_jax.models.scores import response_scores
 from cai_jax.models.store import SavedModel
 from cai_jax.sampling import buckets
 from cai_jax.sharding import batch_putter
+from cai_jax.sharding.processes import fetch
 
 Request = Sequence[Turn]
 
@@ -86,5 +87,5 @@ class RewardModel:
           s = self._score(self.params, arr["pm_tokens"], arr["pm_mask"])
       else:
         s = self._score(self.params, arr["pm_tokens"], arr["pm_mask"])
-      out.append(np.asarray(jax.device_get(s))[:len(chunk)])
+      out.append(np.asarray(fetch(s))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import gin
 
+from cai_jax import paths
+
 try:
   VERSION = importlib.metadata.version("cai_jax")
 except importlib.metadata.PackageNotFoundError:   # run from a source tree
@@ -34,12 +36,17 @@ VOLATILE = ("LOCK", "RUN.json", "DONE", "metrics.jsonl", "config.gin", "operativ
 
 
 def sha256_of_file(path: str) -> str:
-  """The sha256 of a file's bytes, cached for the process by (path, size, mtime)."""
-  st = os.stat(path)
-  key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+  """The sha256 of a file's bytes, cached for the process by (path, size, mtime) (a
+  remote file, whose mtime is coarse, is hashed every time)."""
+  if paths.is_local(path):
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+  else:
+    key = (path, -1, -1)
+    _hash_cache.pop(key, None)
   if key not in _hash_cache:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
       while chunk := f.read(_BLOCK):
         h.update(chunk)
     _hash_cache[key] = h.hexdigest()
@@ -60,37 +67,37 @@ def content_id(path: str) -> str:
   Raises:
     FileNotFoundError: ``path`` does not exist.
   """
-  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-  if os.path.isfile(path):
+  path = paths.absolute(path)
+  if paths.isfile(path):
     return sha256_of_file(path)
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     raise FileNotFoundError(f"{path} does not exist")
   h = hashlib.sha256()
   for rel in sorted(_files(path)):
-    h.update(rel.encode() + b"\0" + sha256_of_file(os.path.join(path, rel)).encode() + b"\n")
+    h.update(rel.encode() + b"\0" + sha256_of_file(paths.join(path, rel)).encode() + b"\n")
   return h.hexdigest()
 
 
 def _is_checksum_manifest(path: str) -> bool:
   """A ``run.integrity`` manifest (other programs write files of that name too)."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       return isinstance(json.load(f).get("files"), dict)
   except (OSError, ValueError, AttributeError):
     return False
 
 
 def _files(folder: str) -> Iterable[str]:
-  if _is_checksum_manifest(os.path.join(folder, "manifest.json")):
+  if _is_checksum_manifest(paths.join(folder, "manifest.json")):
     yield "manifest.json"
-    if os.path.isfile(os.path.join(folder, "model.json")):
+    if paths.isfile(paths.join(folder, "model.json")):
       yield "model.json"
     return
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in paths.walk(folder):
     dirs[:] = sorted(d for d in dirs if not _volatile(d) and not d.startswith("."))
     for name in files:
       if not _volatile(name):
-        yield os.path.relpath(os.path.join(root, name), folder)
+        yield paths.relpath(paths.join(root, name), folder)
 
 
 def gin_reference(fn: Any) -> tuple[str, Any, Any] | None:

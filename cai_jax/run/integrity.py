@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from cai_jax import paths
 from cai_jax.run.identity import sha256_of_file
 
 MANIFEST = "manifest.json"
@@ -26,10 +27,10 @@ class CorruptArtifactError(ValueError):
 
 def _listing(folder: str) -> list[str]:
   out = []
-  for root, dirs, files in os.walk(folder):
+  for root, dirs, files in paths.walk(folder):
     dirs.sort()
     for name in sorted(files):
-      rel = os.path.relpath(os.path.join(root, name), folder)
+      rel = paths.relpath(paths.join(root, name), folder)
       if rel != MANIFEST and not name.endswith(".tmp"):
         out.append(rel)
   return out
@@ -38,17 +39,17 @@ def _listing(folder: str) -> list[str]:
 def write_manifest(folder: str, *, under: str = "") -> str:
   """Writes ``folder/manifest.json`` for the files under ``folder/under``; returns it."""
   from cai_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  base = os.path.join(folder, under) if under else folder
+  base = paths.join(folder, under) if under else folder
   files = {os.path.join(under, rel) if under else rel: {
-      "size": os.path.getsize(os.path.join(base, rel)),
-      "sha256": sha256_of_file(os.path.join(base, rel))} for rel in _listing(base)}
-  path = os.path.join(folder, MANIFEST)
+      "size": paths.getsize(paths.join(base, rel)),
+      "sha256": sha256_of_file(paths.join(base, rel))} for rel in _listing(base)}
+  path = paths.join(folder, MANIFEST)
   workdir_lib.write_json(path, {"files": files})
   return path
 
 
 def has_manifest(folder: str) -> bool:
-  return os.path.isfile(os.path.join(folder, MANIFEST))
+  return paths.isfile(paths.join(folder, MANIFEST))
 
 
 def verify_manifest(folder: str) -> None:
@@ -58,17 +59,17 @@ def verify_manifest(folder: str) -> None:
     CorruptArtifactError: a listed file is missing, has another size or another hash,
       or the manifest itself is unreadable.
   """
-  path = os.path.join(folder, MANIFEST)
+  path = paths.join(folder, MANIFEST)
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       files = json.load(f)["files"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CorruptArtifactError(f"{path}: unreadable checksum manifest ({e})") from None
   for rel, want in sorted(files.items()):
-    file = os.path.join(folder, rel)
-    if not os.path.isfile(file):
+    file = paths.join(folder, rel)
+    if not paths.isfile(file):
       raise CorruptArtifactError(f"{file} is missing (listed in {path})")
-    size = os.path.getsize(file)
+    size = paths.getsize(file)
     if size != want["size"]:
       raise CorruptArtifactError(f"{file} has {size} bytes, {want['size']} were written "
                                  "(truncated or overwritten)")

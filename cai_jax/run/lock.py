@@ -4,6 +4,12 @@
 the same workdir fails at once with the owner named. A lock left by a process that is
 gone (same host, pid no longer alive) is taken over with a message. The same process may
 take its own lock again (nested programs): the lock counts its holders.
+
+On an object store (``gs://`` workdir) there is no exclusive create: the lock is best
+effort. It is taken by checking that ``LOCK`` is absent, writing it with a unique token
+and reading it back; a run that finds another token (a second run started at the same
+moment and wrote last) fails as if the workdir were busy. Two runs starting within the
+same instant can still both pass, which is why a workdir is meant for one run.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import logging
 import os
 import socket
 import time
+
+from cai_jax import paths
 
 _log = logging.getLogger(__name__)
 LOCK_FILE = "LOCK"
@@ -35,7 +43,7 @@ def pid_alive(pid: int) -> bool:
 
 def _read(path: str) -> dict:
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       return json.load(f)
   except (OSError, ValueError):
     return {}
@@ -45,17 +53,19 @@ class WorkdirLock:
   """Context manager: holds ``{workdir}/LOCK`` while a program runs in ``workdir``."""
 
   def __init__(self, workdir: str, program: str):
-    self.workdir = os.path.abspath(workdir)
-    self.path = os.path.join(self.workdir, LOCK_FILE)
+    self.workdir = paths.absolute(workdir)
+    self.path = paths.join(self.workdir, LOCK_FILE)
     self.program = program
 
   def __enter__(self) -> WorkdirLock:
     if _held.get(self.path):
       _held[self.path] += 1
       return self
-    os.makedirs(self.workdir, exist_ok=True)
+    paths.makedirs(self.workdir)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "program": self.program,
           "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not paths.is_local(self.path):
+      return self._enter_object_store(me)
     for _ in range(3):
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -68,6 +78,22 @@ class WorkdirLock:
       return self
     raise WorkdirBusyError(f"could not lock {self.workdir} (another run keeps taking it)")
 
+  def _enter_object_store(self, me: dict) -> WorkdirLock:
+    """The best-effort lock of an object store (module docstring)."""
+    me = dict(me, token=paths.unique_token())
+    for _ in range(3):
+      if paths.exists(self.path):
+        self._take_over_or_raise()
+        continue
+      with paths.open(self.path, "w") as f:
+        json.dump(me, f)
+      if _read(self.path).get("token") != me["token"]:
+        self._take_over_or_raise()
+        continue
+      _held[self.path] = 1
+      return self
+    raise WorkdirBusyError(f"could not lock {self.workdir} (another run keeps taking it)")
+
   def _take_over_or_raise(self) -> None:
     owner = _read(self.path)
     pid, host = owner.get("pid"), owner.get("host")
@@ -75,10 +101,7 @@ class WorkdirLock:
       _log.warning("%s: taking over the lock of %s (pid %d on %s since %s), which is no "
                    "longer running", self.workdir, owner.get("program"), pid, host,
                    owner.get("since"))
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      paths.remove(self.path, missing_ok=True)
       return
     if not owner:   # being written right now, or unreadable: give the writer a moment
       time.sleep(0.2)
@@ -95,7 +118,4 @@ class WorkdirLock:
     _held[self.path] -= 1
     if not _held[self.path]:
       del _held[self.path]
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      paths.remove(self.path, missing_ok=True)

@@ -31,11 +31,11 @@ import inspect
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
 
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.run import checks, identity
 from cai_jax.run.lock import WorkdirLock
@@ -75,7 +75,7 @@ def policy(mismatch: str | None = None, *, force: bool = False,
 
 def _read_json(path: str) -> dict | None:
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       value = json.load(f)
     return value if isinstance(value, dict) else {}
   except FileNotFoundError:
@@ -86,7 +86,7 @@ def _read_json(path: str) -> dict | None:
 
 def holds_work(workdir: str) -> bool:
   """True if ``workdir`` holds files a run made (markers, configs and temporaries aside)."""
-  for root, _, files in os.walk(workdir):
+  for root, _, files in paths.walk(workdir):
     for name in files:
       if root == workdir and name in _NOT_WORK:
         continue
@@ -98,11 +98,14 @@ def holds_work(workdir: str) -> bool:
 
 def clear(workdir: str) -> None:
   """Removes a workdir's contents (its lock and gin configs kept)."""
-  for name in os.listdir(workdir):
+  for name in paths.listdir(workdir):
     if name in _KEEP:
       continue
-    path = os.path.join(workdir, name)
-    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    path = paths.join(workdir, name)
+    if paths.isdir(path) and not os.path.islink(path):
+      paths.rmtree(path)
+    else:
+      paths.remove(path)
 
 
 def _stale(name: str) -> bool:
@@ -113,11 +116,17 @@ def _stale(name: str) -> bool:
 def clean_temporaries(workdir: str) -> list[str]:
   """Removes temporaries a killed run left under ``workdir``; returns them."""
   gone = []
-  for root, dirs, files in os.walk(workdir, topdown=True):
+  for root, dirs, files in paths.walk(workdir):
     for name in [d for d in dirs if _stale(d)] + [f for f in files if _stale(f)]:
-      path = os.path.join(root, name)
-      shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-      gone.append(os.path.relpath(path, workdir))
+      path = paths.join(root, name)
+      if paths.isdir(path):
+        try:
+          paths.rmtree(path)
+        except OSError:
+          pass
+      else:
+        paths.remove(path)
+      gone.append(paths.relpath(path, workdir))
     dirs[:] = [d for d in dirs if not _stale(d)]
   if gone:
     _log.info("%s: removed %d stale temporaries (%s)", workdir, len(gone), ", ".join(gone[:4]))
@@ -125,9 +134,9 @@ def clean_temporaries(workdir: str) -> list[str]:
 
 
 def _result_entry(workdir: str, result: Any) -> dict:
-  if isinstance(result, str) and os.path.exists(result):
-    path = os.path.abspath(result)
-    rel = os.path.relpath(path, workdir)
+  if isinstance(result, str) and paths.exists(result):
+    path = paths.absolute(result)
+    rel = paths.relpath(path, workdir)
     return {"result_path": path if rel.startswith("..") else rel,
             "result_id": identity.content_id(path)}
   try:
@@ -141,7 +150,7 @@ def _recorded(workdir: str, done: dict) -> tuple[bool, Any]:
   """(intact, result) of a DONE record: its result path exists with the same content."""
   if "result_path" not in done:
     return True, done.get("result")
-  path = os.path.join(workdir, done["result_path"])
+  path = paths.join(workdir, done["result_path"])
   try:
     return identity.content_id(path) == done.get("result_id"), path
   except FileNotFoundError:
@@ -164,8 +173,8 @@ def _mismatch(workdir: str, name: str, ident: dict, old: dict | None) -> None:
 
 def _prepare(workdir: str, name: str, ident: dict) -> tuple[bool, Any]:
   """Decides skip / resume / restart (see the module docstring); (skip, result)."""
-  done = _read_json(os.path.join(workdir, workdir_lib.DONE_FILE))
-  run = _read_json(os.path.join(workdir, RUN_FILE))
+  done = _read_json(paths.join(workdir, workdir_lib.DONE_FILE))
+  run = _read_json(paths.join(workdir, RUN_FILE))
   if done is not None and done.get("run") == ident["hash"] and not _force.get():
     intact, result = _recorded(workdir, done)
     if intact:
@@ -173,7 +182,7 @@ def _prepare(workdir: str, name: str, ident: dict) -> tuple[bool, Any]:
     _log.warning("%s: the recorded output %s is missing or changed; running again", name,
                  result)
   if done is not None and (_force.get() or done.get("run") == ident["hash"]):
-    os.remove(os.path.join(workdir, workdir_lib.DONE_FILE))
+    paths.remove(paths.join(workdir, workdir_lib.DONE_FILE))
     done = None
   same = (run or {}).get("hash") == ident["hash"] and done is None
   if not same and holds_work(workdir):
@@ -210,7 +219,7 @@ def program(name: str, *, inputs: Iterable[str] = (), cosmetic: Iterable[str] = 
         if ref is not None:
           checks.check_arguments(ref[0], getattr(ref[1], "__wrapped__", ref[1]),
                                  identity.gin_bindings(ref[2]))
-      workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+      workdir = paths.absolute(workdir)
       if workdir in workdir_lib.OWNED:   # nested inside the program that owns this workdir
         return fn(workdir, **kwargs)
       ident = identity.fingerprint(name, args, inputs=inputs, cosmetic=cosmetic)
@@ -227,14 +236,14 @@ def program(name: str, *, inputs: Iterable[str] = (), cosmetic: Iterable[str] = 
           events["on_start"]()
         if chief:
           clean_temporaries(workdir)
-          workdir_lib.write_json(os.path.join(workdir, RUN_FILE), ident)
+          workdir_lib.write_json(paths.join(workdir, RUN_FILE), ident)
         workdir_lib.OWNED[workdir] = {"summary": "", "marked": False}
         try:
           result = fn(workdir, **kwargs)
         finally:
           state = workdir_lib.OWNED.pop(workdir)
         if chief and (state["marked"] or not marks_done):
-          workdir_lib.write_json(os.path.join(workdir, workdir_lib.DONE_FILE), {
+          workdir_lib.write_json(paths.join(workdir, workdir_lib.DONE_FILE), {
               "program": name, "run": ident["hash"], "summary": state["summary"].strip(),
               **_result_entry(workdir, result)})
         return result

@@ -30,6 +30,7 @@ import numpy as np
 from cai_jax.sampling import buckets, limits, rows
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.select import make_mode
+from cai_jax.sharding.processes import fetch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +175,7 @@ def run_jobs(sampler: Sampler, jobs: Iterable[Job], *, batch_size: int, max_new_
           rows.run, sampler.graphdef, sampler.params, carry, *args,
           jnp.int32(len(busy) - quota), mode=mode,
           attend_len=buckets.attend_bucket(longest + 1, _slots(carry)))
-      active, count, lens, toks, lps = jax.device_get(
+      active, count, lens, toks, lps = fetch(
           (carry.active_b, carry.count_b, carry.len_b, carry.tokens_bn, carry.logprobs_bn))
       lengths[:] = lens
       for r in busy:

@@ -1,9 +1,8 @@
 """Host-side sampler API: ragged token lists in, tokens and log-probs out.
 
-``Sampler`` wraps a split model ``(graphdef, params)`` and an optional mesh; it
-pads inputs to shape buckets, calls the jitted programs of ``engine`` and trims
-the results. ``generate`` / ``continue_generation`` are the module-level
-shortcuts on an NNX model (the public API in the README).
+``Sampler`` wraps a split model ``(graphdef, params)`` and an optional mesh; it pads inputs
+to shape buckets, calls the jitted programs of ``engine`` and trims the results.
+``generate`` / ``continue_generation``: shortcuts on an NNX model (the README's API).
 
 Prefix reuse:
 * ``num_samples=n`` prefills each prompt once and forks the cache n ways.
@@ -30,6 +29,7 @@ from cai_jax.models import api as model_api
 from cai_jax.sampling import buckets, engine, limits
 from cai_jax.sampling.cache import DecodeState
 from cai_jax.sampling.select import make_keys, make_mode
+from cai_jax.sharding.processes import fetch
 from cai_jax.sharding.rules import logical_to_spec
 
 
@@ -227,7 +227,7 @@ class Sampler:
     """Drops the padding slots of a conversation (in place of growing past the limit)."""
     conv.consumed = True
     state = self._run(engine.pack, conv.state, cache_len=conv.cache_len)
-    return dataclasses.replace(conv, state=state, slot=int(jax.device_get(state.slot)),
+    return dataclasses.replace(conv, state=state, slot=int(fetch(state.slot)),
                                consumed=False)
 
   def _ensure_room(self, conv: Conversation, slots: int) -> Conversation:
@@ -353,7 +353,7 @@ class Sampler:
           self._put(budget_b, ("batch",)),
           num_out=buckets.length_bucket(min(max_new_tokens, self.max_len)),
           mode=make_mode(temperature, top_k, top_p), collect_logits=collect_logits)
-      toks, lps, counts, steps = jax.device_get(
+      toks, lps, counts, steps = fetch(
           (out.tokens_bn, out.logprobs_bn, out.counts_b, out.steps))
       rows = range(conv.rows)
       cut = limits.cut_rows(counts[:conv.rows], budget, max_new_tokens,
@@ -380,7 +380,7 @@ class Sampler:
     while not done:
       carry = self._run(engine.decode_run, self.graphdef, self.params, carry, *args,
                         mode=mode, attend_len=buckets.attend_bucket(slot + 1, conv.cache_len))
-      done, slot = jax.device_get((jnp.all(carry.done_b), carry.state.slot))
+      done, slot = fetch((jnp.all(carry.done_b), carry.state.slot))
     return carry.state, carry.output()
 
   def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,

@@ -35,6 +35,7 @@ from flax import nnx
 from cai_jax.sampling import buckets, engine
 from cai_jax.sampling import cache as cache_lib
 from cai_jax.sampling.sampler import Conversation, Sampler
+from cai_jax.sharding.processes import fetch
 
 _CHUNK = 128  # positions per LM-head chunk in sequence_logprobs
 
@@ -127,7 +128,7 @@ def candidate_logprobs(model, sequences: Sequence[Sequence[int]], candidates, *,
   out = s._run(_candidates, s.graphdef, s.params, s._put(tokens, ("batch", "length")),
                s._put(lengths, ("batch",)), s._put(index, ("batch",)),
                s._put(cand_pad, ("batch", None)))
-  return np.asarray(jax.device_get(out))[:n]
+  return np.asarray(fetch(out))[:n]
 
 
 def option_logprobs(model, prompts: Sequence[Sequence[int]],
@@ -163,7 +164,7 @@ def _options(s: Sampler, prompts, flat: list[list[int]], longest: int, k: int) -
   conv, logits = s.start(prompts, num_samples=k, min_free=longest)
   first = np.zeros((conv.batch,), np.int32)
   first[:len(flat)] = [o[0] for o in flat]
-  lp_first = np.asarray(jax.device_get(jnp.take_along_axis(
+  lp_first = np.asarray(fetch(jnp.take_along_axis(
       jax.nn.log_softmax(logits, axis=-1), s._put(first, ("batch",))[:, None], axis=1)))[:, 0]
   t = buckets.length_bucket(longest, s.max_len - conv.slot)   # start left longest free
   conv = s._ensure_room(conv, t)  # pylint: disable=protected-access
@@ -172,7 +173,7 @@ def _options(s: Sampler, prompts, flat: list[list[int]], longest: int, k: int) -
   rest = s._run(engine.extend_logprobs, s.graphdef, s.params, conv.state,
                 s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)),
                 attend_len=buckets.attend_bucket(conv.slot + t, conv.cache_len))
-  total = lp_first[:len(flat)] + np.asarray(jax.device_get(rest)).sum(axis=1)[:len(flat)]
+  total = lp_first[:len(flat)] + np.asarray(fetch(rest)).sum(axis=1)[:len(flat)]
   return total.reshape(len(prompts), k).astype(np.float32)
 
 
@@ -249,8 +250,8 @@ def continued_option_logprobs(s: Sampler, conv: Conversation,
   seqs = [list(x) for x in sequences]
   longest = max(len(o) for row in options for o in row)
   with s.call_scope():
-    n_valid = np.asarray(jax.device_get(jnp.sum(conv.state.valid_bs, axis=1)))[:n]
-    pend = np.asarray(jax.device_get(conv.state.pending_ok_b))[:n]
+    n_valid = np.asarray(fetch(jnp.sum(conv.state.valid_bs, axis=1)))[:n]
+    pend = np.asarray(fetch(conv.state.pending_ok_b))[:n]
     keep = [min(_shared(h, x), len(x) - 1, len(h) - int(p))
             for h, x, p in zip(conv.history, seqs, pend)]
     ok = [conv.slot <= conv.cache_len and d == 0 and len(h) - int(p) == v and
@@ -278,7 +279,7 @@ def continued_option_logprobs(s: Sampler, conv: Conversation,
     logp = jax.nn.log_softmax(logits, axis=-1)
     first = np.zeros((conv.batch, k), np.int32)
     first[:n] = [[o[0] for o in row] for row in options]
-    lp = np.array(jax.device_get(jnp.take_along_axis(
+    lp = np.array(fetch(jnp.take_along_axis(
         logp, s._put(first, ("batch", None)), axis=1)))[:n]
     if multi:
       conv = s._ensure_room(conv, t_opt)  # pylint: disable=protected-access
@@ -291,7 +292,7 @@ def continued_option_logprobs(s: Sampler, conv: Conversation,
         rest = s._run(engine.extend_logprobs, s.graphdef, s.params, conv.state,
                       s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)),
                       attend_len=buckets.attend_bucket(conv.slot + t, conv.cache_len))
-        lp[:, j] += np.asarray(jax.device_get(rest)).sum(axis=1)[:n]
+        lp[:, j] += np.asarray(fetch(rest)).sum(axis=1)[:n]
     conv.free()
   used = np.asarray(used)
   out[used] = lp[used]
@@ -339,6 +340,6 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]],
   total, per_tok = s._run(_continuation, s.graphdef, s.params,
                           s._put(tokens, ("batch", "length")), s._put(lengths, ("batch",)),
                           s._put(cont_len, ("batch",)), span=span)
-  total, per_tok = jax.device_get((total, per_tok))
+  total, per_tok = fetch((total, per_tok))
   per_token = [per_tok[i, span - cont_len[i]:].tolist() for i in range(n)]
   return SequenceScores(total=np.asarray(total[:n]), per_token=per_token)

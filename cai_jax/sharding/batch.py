@@ -19,7 +19,7 @@ def check_batch_divides(mesh: Mesh, batch_size: int) -> None:
 
 def batch_putter(mesh: Mesh, batch_size: int) -> Callable[[dict], dict]:
   """Returns ``put(batch) -> batch`` placing every array's leading axis on ``batch``
-  (data x fsdp); this process holds its own rows (``make_array_from_process_local_data``).
+  (data x fsdp); ``batch`` is the global batch, the same on every process.
 
   Raises:
     ValueError: if ``batch_size`` is not divisible by the data x fsdp mesh size.
@@ -31,7 +31,9 @@ def batch_putter(mesh: Mesh, batch_size: int) -> Callable[[dict], dict]:
     for k, v in batch.items():
       v = np.asarray(v)
       sh = named_sharding(mesh, ("batch",) + (None,) * (v.ndim - 1))
-      out[k] = jax.make_array_from_process_local_data(sh, v)
+      # Every process holds the same global batch and places the rows its devices own, so
+      # N processes train on exactly the batches of one process.
+      out[k] = jax.make_array_from_callback(v.shape, sh, lambda idx, v=v: v[idx])
     return out
 
   return put

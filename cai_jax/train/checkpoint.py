@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from cai_jax import paths
 from cai_jax.run import integrity
 
 _STATE = "state"
@@ -106,9 +107,7 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3,
                save_interval_steps: int = 1, async_save: bool = True):
-    directory = os.fspath(directory)
-    if "://" not in directory:
-      directory = os.path.abspath(directory)
+    directory = paths.absolute(directory)   # a URL (gs://...) is passed to Orbax as is
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
     if save_interval_steps < 1:
@@ -163,11 +162,11 @@ class Checkpointer:
     """Writes the checksum manifest of every finished step that has none (waits for a
     pending save first; by the next save it has long finished)."""
     self._manager.wait_until_finished()
-    if jax.process_index() != 0 or "://" in self.directory:
-      return
+    if jax.process_index() != 0 or not paths.is_local(self.directory):
+      return   # remote: hashing would read the whole checkpoint back over the network
     for step in self._manager.all_steps():
-      folder = os.path.join(self.directory, str(step))
-      if os.path.isdir(folder) and not integrity.has_manifest(folder):
+      folder = paths.join(self.directory, str(step))
+      if paths.isdir(folder) and not integrity.has_manifest(folder):
         integrity.write_manifest(folder)
 
   def restore(self, abstract_state: Any, *, step: int | None = None) -> tuple[Any, dict]:
@@ -196,7 +195,7 @@ class Checkpointer:
       raise ValueError("every leaf of the restore target needs a sharding (use "
                        f"abstract_with_shardings); missing for: {', '.join(missing[:8])}"
                        + (" ..." if len(missing) > 8 else ""))
-    folder = os.path.join(self.directory, str(step))
+    folder = paths.join(self.directory, str(step))
     if integrity.has_manifest(folder):
       integrity.verify_manifest(folder)
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target),

@@ -14,13 +14,19 @@ import itertools
 import json
 import math
 import os
+import shutil
+import tempfile
+import time
 from typing import Any, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 
+from cai_jax import paths
+
 _SEQ = itertools.count()   # event file names are unique within a process
+_SYNC_SECS = 10.0   # a remote logdir gets the new rows and events at most this often
 
 
 def _to_float(v: Any) -> float | None:
@@ -100,29 +106,50 @@ class MetricsWriter:
     if process_index is None:
       process_index = jax.process_index()
     self.logdir, self.active = logdir, process_index == 0
-    self.jsonl_path = os.path.join(logdir, "metrics.jsonl")
+    self.jsonl_path = paths.join(logdir, "metrics.jsonl")
     self.rows: list[dict] = []
-    self._jsonl = self._tb = self._wandb = None
-    if resume_step is not None and os.path.isfile(self.jsonl_path):
+    self._jsonl = self._tb = self._wandb = self._staging = None
+    self._remote_jsonl, self._synced, self._kept = False, 0.0, []
+    if resume_step is not None and paths.isfile(self.jsonl_path):
       self.rows = [r for r in _read_rows(self.jsonl_path) if r.get("step", 0) <= resume_step]
       if self.active:
-        tmp = self.jsonl_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-          f.writelines(json.dumps(r) + "\n" for r in self.rows)
-        os.replace(tmp, self.jsonl_path)
+        paths.write_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self.rows))
     if not self.active:
       return
-    os.makedirs(logdir, exist_ok=True)
-    if jsonl:
+    paths.makedirs(logdir)
+    # A remote logdir (gs://...): metrics.jsonl is rewritten there whole (object stores
+    # do not append), and the event files (and wandb's) are written to a local staging
+    # folder and copied over (tensorboardX needs extra packages to write to gs://).
+    local_dir = logdir
+    if not paths.is_local(logdir):
+      self._staging = local_dir = tempfile.mkdtemp(prefix="cai_jax_metrics_")
+      self._remote_jsonl = jsonl
+      if jsonl and resume_step is None and paths.isfile(self.jsonl_path):
+        self._kept = _read_rows(self.jsonl_path)   # what appending would have kept
+    elif jsonl:
       self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter   # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(
-          logdir, flush_secs=10, filename_suffix=f".{os.getpid()}.{next(_SEQ):04d}",
+          local_dir, flush_secs=10, filename_suffix=f".{os.getpid()}.{next(_SEQ):04d}",
           purge_step=None if resume_step is None else resume_step + 1)
     if wandb is not None:
-      self._wandb = wandb.init(project=wandb_project, dir=logdir,
-                               name=os.path.basename(os.path.normpath(logdir)))
+      self._wandb = wandb.init(project=wandb_project, dir=local_dir,
+                               name=paths.basename(os.path.normpath(logdir)
+                                                   if paths.is_local(logdir) else logdir))
+
+  def _sync(self, force: bool = False) -> None:
+    """Copies the rows and the staged event files to a remote logdir (at most every
+    ``_SYNC_SECS`` unless ``force``)."""
+    if self._staging is None or (not force and time.time() - self._synced < _SYNC_SECS):
+      return
+    self._synced = time.time()
+    if self._remote_jsonl:
+      paths.write_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n"
+                                                  for r in self._kept + self.rows))
+    for name in sorted(os.listdir(self._staging)):
+      if name.startswith("events.out.tfevents"):
+        paths.copy(os.path.join(self._staging, name), paths.join(self.logdir, name))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """One row of ``metrics`` at ``step``; the numeric ones also go to TensorBoard."""
@@ -147,6 +174,7 @@ class MetricsWriter:
       self._tb.flush()
     if self._wandb is not None and scalars:
       self._wandb.log(scalars, step=int(step))
+    self._sync()
 
   def text(self, step: int, tag: str, text: str) -> None:
     """A text summary (Markdown in TensorBoard's Text dashboard) at ``step``."""
@@ -155,6 +183,7 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.add_text(tag, str(text), int(step))
       self._tb.flush()
+      self._sync()
     if self._wandb is not None:
       self._wandb.log({tag: str(text)}, step=int(step))
 
@@ -187,7 +216,10 @@ class MetricsWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
-    self._jsonl = self._tb = self._wandb = None
+    if self._staging is not None:
+      self._sync(force=True)
+      shutil.rmtree(self._staging, ignore_errors=True)
+    self._jsonl = self._tb = self._wandb = self._staging = None
 
   def __enter__(self):
     return self
@@ -209,7 +241,7 @@ def log_samples(logdir: str, tag: str, samples: Sequence[str], *,
 def _read_rows(path: str) -> list[dict]:
   """The rows of a metrics file; a line cut by a kill (the last one) is dropped."""
   rows = []
-  with open(path, encoding="utf-8") as f:
+  with paths.open(path) as f:
     for line in f:
       try:
         rows.append(json.loads(line))
@@ -219,5 +251,5 @@ def _read_rows(path: str) -> list[dict]:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
+  with paths.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]

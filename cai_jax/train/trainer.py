@@ -21,6 +21,7 @@ import os
 import shutil
 from typing import Any, Callable, Iterator, Mapping
 
+import gin
 import jax
 from flax import nnx
 from jax.sharding import Mesh
@@ -28,6 +29,7 @@ from jax.sharding import Mesh
 from cai_jax import models
 from cai_jax import workdir as workdir_lib
 from cai_jax.models.api import Kind
+from cai_jax.models.config import REMAT
 from cai_jax.models.store import SavedModel, export_hf, save_model
 from cai_jax.run import identity
 from cai_jax.sharding import batch_putter
@@ -58,6 +60,53 @@ class Schedule:
   ckpt_every: int = 200
   log_every: int = 10
   keep_checkpoints: int = 2
+
+
+# The aux metric that ``fit`` weights accumulated micro-batches by when a loss reports it
+# (the token count of a token-mean loss, e.g. sft's); losses that are per-example means
+# (preference model, DPO) do not, and their equal micro-batches count equally.
+ACCUM_WEIGHT = "target_tokens"
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryOptions:
+  """How a trainer trades compute for memory; results stay the same (up to float
+  rounding of the accumulated sums)."""
+
+  grad_accum_steps: int = 1   # micro-batches per batch, one optimizer update
+  remat: str = "none"         # ``ModelConfig.remat`` of the trained model's blocks
+
+  def __post_init__(self):
+    if self.grad_accum_steps < 1:
+      raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+    if self.remat not in REMAT:
+      raise ValueError(f"remat={self.remat!r}; expected one of {REMAT}")
+
+
+@gin.configurable
+def memory_options(*, grad_accum_steps: int = 1, remat: str = "none") -> MemoryOptions:
+  """The memory options every ``fit`` (sft, preference model, DPO) trains with, set in gin:
+  ``memory_options.grad_accum_steps = 4`` (each batch in 4 micro-batches: a quarter of
+  the activations) and ``memory_options.remat = 'full'`` (recompute each block in the
+  backward pass; see ``ModelConfig.remat``)."""
+  return MemoryOptions(grad_accum_steps, remat)
+
+
+def make_step(init: "ModelInit", loss: Callable[[nnx.GraphDef], state_lib.LossFn], tx: Any,
+              shardings: state_lib.TrainState, batch_size: int,
+              memory: MemoryOptions | None = None) -> Callable:
+  """``fit``'s jitted train step for ``init``'s model under ``memory`` (default: the gin
+  ``memory_options``); the batch must split into ``grad_accum_steps`` micro-batches."""
+  memory = memory_options() if memory is None else memory
+  if batch_size % memory.grad_accum_steps:
+    raise ValueError(f"batch_size={batch_size} is not a multiple of "
+                     f"grad_accum_steps={memory.grad_accum_steps}")
+  cfg = init.config
+  if memory.remat != cfg.remat:
+    cfg = dataclasses.replace(cfg, remat=memory.remat)
+  return state_lib.make_train_step(
+      loss(models.abstract(cfg, init.kind)[0]), tx, state_sharding=shardings,
+      grad_accum_steps=memory.grad_accum_steps, accum_weight=ACCUM_WEIGHT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +157,11 @@ def run_hparams(program: str, schedule: Schedule, init: ModelInit, optimizer: Ca
                 eval_every: int = 0, select: str | None = None) -> dict[str, Any]:
   """A ``fit`` run's hyperparameters for ``MetricsWriter.hparams`` (nested; flattened
   there): the schedule, the optimizer's settings, the model and where it starts."""
+  memory = memory_options()
   return {"program": program, **dataclasses.asdict(schedule), "eval_every": eval_every,
           "select": select, "kind": init.kind, "init_from": init.source,
-          "optimizer": optimizer_hparams(optimizer), "model": init.config.to_dict()}
+          "optimizer": optimizer_hparams(optimizer), "model": init.config.to_dict(),
+          **({"memory": dataclasses.asdict(memory)} if memory != MemoryOptions() else {})}
 
 
 def restore_or_init(ckpt: Checkpointer, target: Any, init: Callable[[], Any]
@@ -215,7 +266,7 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
                      "no Hugging Face export")
   put = batch_putter(mesh, schedule.batch_size)   # checks the batch size first
   put_batch = put if prepare is None else (lambda b: prepare(put(b)))
-  graphdef, abstract_params, _ = models.abstract(init.config, init.kind)
+  _, abstract_params, _ = models.abstract(init.config, init.kind)
   _log.info("%s: %s parameters (%s)", program, f"{models.count_params(abstract_params):,}",
             f"from {init.source}" if init.source else "from scratch")
   tx, lr_schedule = optimizer(total_steps=schedule.num_steps)
@@ -223,10 +274,10 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
                       max_to_keep=schedule.keep_checkpoints)
   layout = state_layout(mesh, abstract_params,
                         models.param_shardings(init.config, mesh, init.kind), tx)
+  step_fn = make_step(init, loss, tx, layout.shardings, schedule.batch_size)
   state, meta = restore_or_init(ckpt, layout.target, lambda: layout.create(init.params(mesh)))
   if meta is not None:
     batches.set_state(meta["data_state"])
-  step_fn = state_lib.make_train_step(loss(graphdef), tx, state_sharding=layout.shardings)
 
   # --- Loop, in stretches between evaluations ---------------------------------------
   stretch = eval_every if (evaluate is not None and eval_every) else schedule.num_steps

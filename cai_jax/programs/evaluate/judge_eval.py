@@ -17,7 +17,6 @@ and reused by a rerun.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Mapping, Sequence
 
 import gin
@@ -25,6 +24,7 @@ import numpy as np
 import tqdm
 
 from cai_jax import constitution as cc
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.constitution import assessment
 from cai_jax.evaluation import judge_report
@@ -129,7 +129,7 @@ def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
     seed: principle draws of the revision comparison.
     mesh_shape: (data, fsdp, tensor).
   """
-  results_path = os.path.join(workdir, "results.json")
+  results_path = paths.join(workdir, "results.json")
   if workdir_lib.skip_if_done(workdir, "judge_eval"):
     return results_path
   sets = {"red_team": read_prompts(workdir_lib.resolve_input(red_team_prompts))[:max_prompts]}
@@ -152,22 +152,22 @@ def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                         judge_model.tokenizer(), batch_size=batch_size)
   results = {"feedback_model": judge_model.path, "models": {}}
   for name, by_set in tqdm.tqdm(answers.items(), desc="verdicts", disable=None):
-    results["models"][name] = {"path": os.path.abspath(models[name])}
+    results["models"][name] = {"path": paths.absolute(models[name])}
     for kind, rows in by_set.items():
       if rows and "p_harmful" not in rows[0]:
         for r, p in zip(rows, _verdicts(judge, rows)):
           r["p_harmful"] = round(float(p), 4)
-        workdir_lib.write_jsonl(os.path.join(workdir, "answers", f"{name}.{kind}.jsonl"), rows)
+        workdir_lib.write_jsonl(paths.join(workdir, "answers", f"{name}.{kind}.jsonl"), rows)
       results["models"][name][kind] = _summary(rows, refusal_markers)
   if "helpful" in sets:
     results["judge_discrimination"] = _discrimination(answers)
   if chains:
     results["revision_vs_original"] = _revision_wins(judge, chains, const, seed)
-  if label_dir and os.path.exists(os.path.join(label_dir, "diagnostics.json")):
+  if label_dir and paths.exists(paths.join(label_dir, "diagnostics.json")):
     results["label_diagnostics"] = workdir_lib.read_json(
-        os.path.join(label_dir, "diagnostics.json"))
+        paths.join(label_dir, "diagnostics.json"))
   workdir_lib.write_json(results_path, results)
-  workdir_lib.write_text(os.path.join(workdir, "results.md"), judge_report.markdown(
+  workdir_lib.write_text(paths.join(workdir, "results.md"), judge_report.markdown(
       results, answers, chains, num_samples_shown))
   workdir_lib.mark_done(workdir, f"{len(models)} models\n")
   return results_path

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from typing import Callable, Mapping, Sequence
 
 import gin
@@ -36,6 +35,7 @@ import numpy as np
 import tqdm
 
 from cai_jax import constitution as cc
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_jsonl, read_prompts
 from cai_jax.evaluation import elo, pairwise_report
@@ -184,8 +184,8 @@ def _judgments(workdir: str, kind: str, judge_fn, prompts: list, answers: list,
                oracle: Callable[[str, str], float] | None) -> list[dict]:
   """The set's judgment rows (with the oracle's outcomes when there is an oracle), from
   ``judgments/<kind>.jsonl`` when a run wrote them."""
-  file = os.path.join(workdir, "judgments", f"{kind}.jsonl")
-  fresh = not os.path.exists(file)
+  file = paths.join(workdir, "judgments", f"{kind}.jsonl")
+  fresh = not paths.exists(file)
   rows = judge_fn(kind, [turns for _, turns in prompts], answers) if fresh else read_jsonl(
       file, lambda r: r)
   if oracle is not None and (fresh or "oracle_p_a" not in rows[0]):
@@ -230,7 +230,7 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
     num_bootstrap, seed: prompt-bootstrap resamples and their seed (also the principles').
     mesh_shape: (data, fsdp, tensor).
   """
-  results_path = os.path.join(workdir, "results.json")
+  results_path = paths.join(workdir, "results.json")
   if workdir_lib.skip_if_done(workdir, "pairwise_eval"):
     return results_path
   names = list(models)
@@ -263,7 +263,7 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
         judge_model, turns, ans, _principles(kind, len(turns), const, helpful_principles,
                                              seed), kind)
   anchor_index = None if anchor is None else names.index(anchor)
-  results = {"judge": os.path.abspath(judge),
+  results = {"judge": paths.absolute(judge),
              "judge_kind": "preference model" if isinstance(judge_model, RewardModel)
              else "feedback model", "models": names, "anchor": anchor,
              "lines": [list(line) for line in lines], "sets": {}}

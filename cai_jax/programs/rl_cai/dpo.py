@@ -15,7 +15,6 @@ than ``seq_len`` loses the start of its prompt, never its response. Resumable.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Sequence
 
 import gin
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.builders import open_preference_pairs
 from cai_jax.data.loaders import preference_loader
@@ -151,7 +151,7 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
       "lm", "dpo.policy_model")
   tok = policy.tokenizer(tokenizer_path)
   mesh = build_mesh(mesh_shape)
-  train_src = open_preference_pairs(train_data, os.path.join(workdir, "data", "train"))
+  train_src = open_preference_pairs(train_data, paths.join(workdir, "data", "train"))
   _log.info("dpo: %d train pairs", len(train_src))
   batches = iter(preference_loader(train_src, tok, seq_len=seq_len, batch_size=batch_size,
                                    seed=seed))
@@ -161,7 +161,7 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
                            policy.path)
   evaluate = None
   if eval_data is not None:
-    eval_src = open_preference_pairs(eval_data, os.path.join(workdir, "data", "eval"),
+    eval_src = open_preference_pairs(eval_data, paths.join(workdir, "data", "eval"),
                                      eval_split)
     _log.info("dpo: %d eval pairs", len(eval_src))
     evaluate = evaluate_dpo(
@@ -176,5 +176,5 @@ def dpo(workdir: str, *, train_data: str = gin.REQUIRED, policy_model: str = gin
                                                  log_every, keep_checkpoints),
       optimizer=optimizer, prepare=reference_logps(graphdef, ref_params),
       info={"tokenizer_path": tok.path, "reference": policy.path,
-            "train_data": os.path.abspath(train_data), "beta": beta},
+            "train_data": paths.absolute(train_data), "beta": beta},
       evaluate=evaluate, eval_every=eval_every, select=select, hf_export=hf_export)

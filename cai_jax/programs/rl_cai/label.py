@@ -33,7 +33,6 @@ next to it (``rl.diagnostics``). Resumable by shards (``data.shards``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Sequence
 
@@ -42,6 +41,7 @@ import tqdm
 
 from cai_jax import constitution as cc
 from cai_jax import judge
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.builders import write_records
 from cai_jax.data.conversations import read_prompts
@@ -54,7 +54,8 @@ from cai_jax.models.store import SavedModel
 from cai_jax.rl.diagnostics import diagnostics, diagnostics_markdown
 from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.sampling import Sampler, call_seed
-from cai_jax.sharding import build_mesh
+from cai_jax.sharding import processes
+from cai_jax.sharding.processes import open_shards
 from cai_jax.run import program
 from cai_jax.train.metrics import log_samples
 from cai_jax.run.runner import COSMETIC
@@ -219,39 +220,35 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
     _log.info("label_preferences: %d of %d chain-of-thought answer prompts were prefilled "
               "again (the others continued their reasoning's cache)",
               timing["cot"]["reprefilled"], timing["cot"]["answers"])
-  workdir_lib.write_json(os.path.join(workdir, "diagnostics.json"),
+  workdir_lib.write_json(paths.join(workdir, "diagnostics.json"),
                          {"summary": summary, "diagnostics": diag})
   report = diagnostics_markdown(diag, summary)
   log_samples(workdir, "label_preferences/judgment", [
       f"**Prompt**\n\n{r['prompt']}\n\n**Chosen** (p = {r['p_chosen']:.3f})\n\n"
       f"{r['chosen']}\n\n**Rejected**\n\n{r['rejected']}" for r in rows[:8]])
-  workdir_lib.write_text(os.path.join(workdir, "diagnostics.md"), report)
+  workdir_lib.write_text(paths.join(workdir, "diagnostics.md"), report)
   _log.info("label_preferences diagnostics:\n%s", report)
   provenance = {"program": "label_preferences", "constitution_hash": const.content_hash,
                 "constitution_name": const.name, "spec": spec, "summary": summary,
                 "gin_operative_config": gin.operative_config_str()}
-  sources = _prompt_files(prompts_path) + ([os.path.abspath(helpful_data)]
+  sources = _prompt_files(prompts_path) + ([paths.absolute(helpful_data)]
                                                if helpful_data else [])
-  records_dir = os.path.join(workdir, "records")
+  records_dir = paths.join(workdir, "records")
   write_records(PREF_DATA, splits, pref_features(), records_dir, provenance=provenance,
                 sources=sources, overwrite=True)
   workdir_lib.mark_done(workdir, f"{len(rows)} AI pairs, {len(helpful)} helpful pairs\n")
-  return os.path.join(records_dir, PREF_DATA)
+  return paths.join(records_dir, PREF_DATA)
 
 
 def _label_shards(shards: Shards, todo: list[int], prompts: list, sampler: Sampler,
                   second: Sampler | None, feedback: FeedbackModel, tok: Tokenizer,
-                  const: cc.Constitution, *, seed: int, batch_size: int,
-                  max_shards: int | None, timing: dict, **kw) -> bool:
-  """Labels the unfinished shards, each written when done; False if it stopped early
-  (``max_shards``)."""
-  bar = tqdm.tqdm(total=len(prompts), initial=len(prompts) - shards.num_items_todo(),
-                  desc="label_preferences", unit="prompt", mininterval=1.0, disable=None)
-  for n_new, s in enumerate(todo):
-    if max_shards is not None and n_new >= max_shards:
-      _log.info("label_preferences: stopping after %d new shards (max_shards)", n_new)
-      bar.close()
-      return False
+                  const: cc.Constitution, *, seed: int, batch_size: int, timing: dict,
+                  **kw) -> None:
+  """Labels the shards ``todo``, each written when done (a batch's draws depend on its
+  shard and place in it, not on the process that labels it)."""
+  bar = tqdm.tqdm(total=sum(len(shards.items(s)) for s in todo), desc="label_preferences",
+                  unit="prompt", mininterval=1.0, disable=None)
+  for s in todo:
     items = [(i, *prompts[i]) for i in shards.items(s)]
     rows = []
     for b in range(0, len(items), batch_size):
@@ -268,15 +265,14 @@ def _label_shards(shards: Shards, todo: list[int], prompts: list, sampler: Sampl
       bar.set_postfix(pairs_s=f"{timing['pairs'] / max(spent, 1e-9):.1f}")
     shards.write(s, rows)
   bar.close()
-  return True
 
 
 def _job_spec(policy: SavedModel, feedback: SavedModel, second: SavedModel | None,
-              paths: list[str], prompts: list, const: cc.Constitution,
+              prompt_files: list[str], prompts: list, const: cc.Constitution,
               settings: dict) -> dict:
   """What identifies the labeling job (its shards belong to it and to nothing else)."""
   spec = {"policy_model": policy.path, "feedback_model": feedback.path,
-          "prompts_sha256": ",".join(sha256_file(p) for p in paths),
+          "prompts_sha256": ",".join(sha256_file(p) for p in prompt_files),
           "num_prompts": len(prompts), "constitution_hash": const.content_hash, **settings}
   if second is not None:
     spec["second_policy_model"] = second.path
@@ -285,8 +281,8 @@ def _job_spec(policy: SavedModel, feedback: SavedModel, second: SavedModel | Non
 
 def _prompt_files(prompts_path: str | Sequence[str]) -> list[str]:
   """One or several prompt files, resolved (cwd, then the repository)."""
-  paths = [prompts_path] if isinstance(prompts_path, str) else list(prompts_path)
-  return [workdir_lib.resolve_input(p) for p in paths]
+  files = [prompts_path] if isinstance(prompts_path, str) else list(prompts_path)
+  return [workdir_lib.resolve_input(p) for p in files]
 
 
 def _models(policy: SavedModel, feedback: SavedModel, second: SavedModel | None, tok,
@@ -295,7 +291,7 @@ def _models(policy: SavedModel, feedback: SavedModel, second: SavedModel | None,
   """The policy's and second policy's samplers and the feedback model, on one mesh (a
   feedback model that is the policy shares its parameters and tokenizer; another one
   reads the comparisons with its own tokenizer)."""
-  mesh = build_mesh(mesh_shape)
+  mesh = processes.local_mesh(mesh_shape)
   sampler = Sampler(*policy.load(mesh=mesh), mesh=mesh)
   same = feedback.path == policy.path
   judge_sampler = sampler if same else Sampler(*feedback.load(mesh=mesh), mesh=mesh)
@@ -358,47 +354,49 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
     max_prompts: use only the first prompts; max_shards: stop after this many new shards.
     mesh_shape: (data, fsdp, tensor); the batch is sharded over data x fsdp.
   """
-  out_path = os.path.join(workdir, "records", PREF_DATA)
+  out_path = paths.join(workdir, "records", PREF_DATA)
   if workdir_lib.skip_if_done(workdir, "label_preferences"):
     return out_path
   clamp = resolve_clamp(clamp, chain_of_thought)
 
   # --- Inputs, models, the job's spec ---------------------------------------------------
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
-  paths = _prompt_files(prompts_path)
-  prompts = [row for p in paths for row in read_prompts(p)[:max_prompts]]
+  files = _prompt_files(prompts_path)
+  prompts = [row for p in files for row in read_prompts(p)[:max_prompts]]
   policy = SavedModel.open(policy_model, role="label_preferences.policy_model")
   feedback = SavedModel.open(feedback_model or policy_model,
                              role="label_preferences.feedback_model")
   second = None if second_policy_model is None else SavedModel.open(
       second_policy_model, role="label_preferences.second_policy_model")
   tok = policy.tokenizer(tokenizer_path)
-  spec = _job_spec(policy, feedback, second, paths, prompts, const, dict(
+  spec = _job_spec(policy, feedback, second, files, prompts, const, dict(
       num_principles=num_principles, swap_orders=swap_orders,
       chain_of_thought=chain_of_thought, clamp=list(clamp) if clamp else None,
       exemplars=exemplars, max_new_tokens=max_new_tokens, temperature=temperature,
       top_p=top_p, cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature,
       seed=seed, shard_size=shard_size, batch_size=batch_size))
-  shards = Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts), shard_size)
-  todo = shards.todo()
+  shards, todo = open_shards(paths.join(workdir, SHARDS_DIR), spec, len(prompts),
+                             shard_size, "label_preferences")
   _log.info("label_preferences: %d prompts, %d shards, %d to do", len(prompts),
             shards.num_shards, len(todo))
 
-  # --- Label the unfinished shards -------------------------------------------------------
-  if todo:
+  # --- Label the unfinished shards (this process's share of them) ------------------------
+  mine = processes.share(todo[:max_shards])   # max_shards: stop after that many shards
+  timing = {"generation_s": 0.0, "judge_s": 0.0, "pairs": 0}
+  if mine:
     sampler, second_sampler, judge_ = _models(
         policy, feedback, second, tok, mesh_shape,
         batch_size=batch_size * (2 if swap_orders else 1), chain_of_thought=chain_of_thought,
         cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature)
-  kw = dict(principle_seed=seed, num_principles=num_principles, swap_orders=swap_orders,
-            clamp=clamp, exemplars=cc.first_exemplars(const.comparison_exemplars, exemplars),
-            sample_kw=dict(max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p))
-  timing = {"generation_s": 0.0, "judge_s": 0.0, "pairs": 0}
-  if todo and not _label_shards(shards, todo, prompts, sampler, second_sampler, judge_, tok,
-                                const, seed=seed, batch_size=batch_size,
-                                max_shards=max_shards, timing=timing, **kw):
-    return out_path   # stopped after max_shards
+    _label_shards(
+        shards, mine, prompts, sampler, second_sampler, judge_, tok, const, seed=seed,
+        batch_size=batch_size, timing=timing, principle_seed=seed,
+        num_principles=num_principles, swap_orders=swap_orders, clamp=clamp,
+        exemplars=cc.first_exemplars(const.comparison_exemplars, exemplars),
+        sample_kw=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+  processes.barrier("label_preferences:shards")   # every process's shards are written
+  if shards.todo() or not processes.is_chief():   # max_shards left some: no data set yet
+    return out_path
   return _write_pref_data(workdir, shards, spec=spec, const=const, num_prompts=len(prompts),
                           helpful_data=helpful_data, max_helpful=max_helpful,
                           prompts_path=prompts_path, eval_fraction=eval_fraction,

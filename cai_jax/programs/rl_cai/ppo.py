@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Callable, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cai_jax import constitution as cc
 from cai_jax import models
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_prompts
 from cai_jax.data.dialogue import render
@@ -53,6 +54,7 @@ from cai_jax.train.metrics import MetricsWriter
 from cai_jax.train.optim import make_optimizer
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
+from cai_jax.sharding.processes import fetch
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def _initial_state(learner: ppo_lib.PPOLearner, value: SavedModel, rm: SavedMode
                             kl=learner.replicated(controller.init()))
 
   state, _ = trainer.restore_or_init(ckpt, target, init)
-  return state, int(jax.device_get(state.train.step)) // learner.cfg.steps_per_iteration
+  return state, int(fetch(state.train.step)) // learner.cfg.steps_per_iteration
 
 
 def _sample_text(request, answer: str, metrics: dict) -> str:
@@ -134,11 +136,15 @@ def _iteration(learner: ppo_lib.PPOLearner, controller, state: ppo_lib.PPOState,
   writer.text(it + 1, "rollout/sample", _sample_text(requests[0], ro.answers[0], ro.metrics))
   t_learn = time.perf_counter()
   train, learn_m = learner.learn(state.train, ro, it)
-  kl = learner.replicated(controller.update(state.kl, jnp.float32(ro.kl_mean),
-                                            learner.cfg.rollout_batch))
+  # The controller's update runs on host values, then goes back to every device (an eager
+  # op between a replicated global array and a local scalar is not checkpointable in a
+  # multi-process run).
+  host_kl = jax.tree.map(lambda x: np.asarray(fetch(x)), state.kl)
+  kl = learner.replicated(jax.tree.map(np.asarray, controller.update(
+      host_kl, np.float32(ro.kl_mean), learner.cfg.rollout_batch)))
   t_end = time.perf_counter()
   return ppo_lib.PPOState(train=train, kl=kl), {
-      **ro.metrics, **learn_m, "kl/beta": float(jax.device_get(kl.beta)),
+      **ro.metrics, **learn_m, "kl/beta": float(fetch(kl.beta)),
       "time/learn_s": t_end - t_learn, "time/iteration_s": t_end - t0,
       "time/generation_share": ro.metrics["time/generation_s"] / (t_end - t0)}
 
@@ -162,7 +168,7 @@ def _save(workdir: str, params, policy: SavedModel, tok, rm: SavedModel,
              info={"tokenizer_path": tok.path, "program": "ppo", "init_from": policy.path,
                    "reward_model": rm.path, "num_iterations": num_iterations})
   if hf_export:
-    export_hf(params, policy.config, os.path.join(workdir, trainer.HF_DIR),
+    export_hf(params, policy.config, paths.join(workdir, trainer.HF_DIR),
               tokenizer_path=tok.path)
   workdir_lib.mark_done(workdir, f"iteration {num_iterations}\n")
 
@@ -236,7 +242,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   mesh = build_mesh(mesh_shape)
   tx, lr = optimizer(total_steps=num_iterations * cfg.steps_per_iteration)
   learner, layout = _learner(cfg, mesh, policy, rm, value, tok, tx)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
+  ckpt = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
   state, start = _initial_state(learner, value, rm, layout, controller, ckpt)
   _log.info("ppo: %d prompts; starting at iteration %d of %d", len(pool), start,
             num_iterations)
@@ -253,14 +259,14 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
       idx = ppo_lib.iteration_prompts(len(pool), rollout_batch, seed, it)
       state, m = _iteration(learner, controller, state, [prompt_ids[i] for i in idx],
                             [pool[i] for i in idx], it, length, writer)
-      m["lr"] = float(lr(int(jax.device_get(state.train.step))))
+      m["lr"] = float(lr(int(fetch(state.train.step))))
       writer.write(it + 1, m)
       bar.update(1)
       bar.set_postfix(pm=f"{m['env/pm_score']:.2f}", kl=f"{m['env/kl']:.2f}")
       if (it + 1) % probe_every == 0 or it + 1 == num_iterations:
         _probe(probe, learner, state.train.params, writer, it + 1)
       if (it + 1) % ckpt_every == 0 or it + 1 == num_iterations:
-        ckpt.save(int(jax.device_get(state.train.step)), state, force=True, metadata={
+        ckpt.save(int(fetch(state.train.step)), state, force=True, metadata={
             "iteration": it + 1, "model_config": policy.config.to_dict()})
       faults.exit_if_due(it + 1, wait=ckpt.wait)
   bar.close()

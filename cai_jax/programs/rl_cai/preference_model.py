@@ -15,7 +15,6 @@ with the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Sequence
 
 import gin
@@ -25,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from cai_jax import models
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.builders import open_preference_pairs
 from cai_jax.data.loaders import preference_loader
@@ -106,12 +106,12 @@ def preference_model(workdir: str, *, train_data: str = gin.REQUIRED,
   saved = SavedModel.open(init_model, role="preference_model.init_model")
   tok = saved.tokenizer(tokenizer_path)
   mesh = build_mesh(mesh_shape)
-  train_src = open_preference_pairs(train_data, os.path.join(workdir, "data", "train"))
+  train_src = open_preference_pairs(train_data, paths.join(workdir, "data", "train"))
   batches = iter(preference_loader(train_src, tok, seq_len=seq_len, batch_size=batch_size,
                                    seed=seed))
   evaluate = None
   if eval_data is not None:
-    eval_src = open_preference_pairs(eval_data, os.path.join(workdir, "data", "eval"),
+    eval_src = open_preference_pairs(eval_data, paths.join(workdir, "data", "eval"),
                                      eval_split)
     graphdef = models.abstract(saved.config, "scalar")[0]
     reward_fn = jax.jit(lambda p, b: pair_rewards(graphdef, p, b["tokens"], b["loss_mask"]))
@@ -129,5 +129,5 @@ def preference_model(workdir: str, *, train_data: str = gin.REQUIRED,
       init=trainer.ModelInit.saved(saved, "scalar"), loss=pm_loss_fn, batches=batches,
       schedule=trainer.Schedule(num_steps, batch_size, seed, ckpt_every, log_every,
                                 keep_checkpoints), optimizer=optimizer,
-      info={"tokenizer_path": tok.path, "train_data": os.path.abspath(train_data)},
+      info={"tokenizer_path": tok.path, "train_data": paths.absolute(train_data)},
       evaluate=evaluate, eval_every=eval_every)

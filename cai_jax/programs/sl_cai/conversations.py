@@ -16,6 +16,7 @@ import gin
 import numpy as np
 
 from cai_jax import constitution as cc
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_conversations, write_conversations
 from cai_jax.data.dialogue import ASSISTANT, Turn, parse_hh
@@ -61,8 +62,8 @@ def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
   Returns:
     The JSONL path (the SFT program's ``train_data``).
   """
-  os.makedirs(workdir, exist_ok=True)
-  out = os.path.join(workdir, "sl_conversations.jsonl")
+  paths.makedirs(workdir)
+  out = paths.join(workdir, "sl_conversations.jsonl")
 
   def final(row: dict, name: str, text: str) -> str | None:
     """The answer to train on, or None to leave the row out."""
@@ -104,7 +105,7 @@ def sl_conversations(workdir: str, *, sl_data: str = gin.REQUIRED,
   mixed = red + picked
   order = rng.permutation(len(mixed))
   write_conversations(out, [mixed[i] for i in order])
-  workdir_lib.write_json(os.path.join(workdir, "sl_conversations.json"), {
+  workdir_lib.write_json(paths.join(workdir, "sl_conversations.json"), {
       "red_team": len(red), "red_team_skipped": len(rows) - len(red), "helpful": len(picked),
       "total": len(mixed)})
   _log.info("sl_conversations: %d red-team + %d helpful -> %s", len(red), len(picked), out)

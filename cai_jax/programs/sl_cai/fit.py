@@ -12,14 +12,13 @@ revisions, shows it here (a low ``prefix_match``) while its training loss looks 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from typing import Callable, Sequence
 
 import gin
 import numpy as np
 
 from cai_jax import constitution as cc
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import read_conversations
 from cai_jax.data.dialogue import ASSISTANT
@@ -84,10 +83,10 @@ def sft_fit(workdir: str, *, model: str = gin.REQUIRED, data: str = gin.REQUIRED
   exact = [" ".join(a.split()) == " ".join(t.split()) for (_, t), a in zip(rows, answers)]
   res = {"n": len(rows), "prefix_words": prefix_words,
          "prefix_match": float(np.mean(prefix)), "exact_match": float(np.mean(exact))}
-  workdir_lib.write_jsonl(os.path.join(workdir, "answers.jsonl"), [
+  workdir_lib.write_jsonl(paths.join(workdir, "answers.jsonl"), [
       {"prompt": p[-1].text, "target": t, "answer": a, "prefix_match": m}
       for (p, t), a, m in zip(rows, answers, prefix)])
-  workdir_lib.write_json(os.path.join(workdir, "results.json"), res)
+  workdir_lib.write_json(paths.join(workdir, "results.json"), res)
   _log.info("sft_fit: %s", res)
   print(f"sft_fit: {res['prefix_match']:.3f} of {res['n']} answers open like their target "
         f"({prefix_words} words), {res['exact_match']:.3f} equal it", flush=True)
@@ -133,12 +132,12 @@ def sft_until_fit(workdir: str, *, train: Callable = gin.REQUIRED,
     raise ValueError(f"sft_until_fit: threshold must be in (0, 1], got {threshold}")
   tried = []
   for steps in schedules:
-    sub = os.path.join(workdir, f"steps{steps}")
+    sub = paths.join(workdir, f"steps{steps}")
     model = train(sub, train_data=train_data, init_model=init_model, num_steps=steps)
-    res = sft_fit(os.path.join(sub, "fit"), model=model, data=train_data, n=fit_n,
+    res = sft_fit(paths.join(sub, "fit"), model=model, data=train_data, n=fit_n,
                   seed=fit_seed, prefix_words=prefix_words, max_new_tokens=fit_max_new_tokens)
     tried.append({"num_steps": steps, "prefix_match": res["prefix_match"],
-                  "exact_match": res["exact_match"], "model": os.path.relpath(model, workdir)})
+                  "exact_match": res["exact_match"], "model": paths.relpath(model, workdir)})
     _log.info("sft_until_fit: %d steps -> prefix_match %.3f (threshold %.2f)", steps,
               res["prefix_match"], threshold)
     if res["prefix_match"] >= threshold:
@@ -148,15 +147,15 @@ def sft_until_fit(workdir: str, *, train: Callable = gin.REQUIRED,
     _log.warning("sft_until_fit: no schedule reached prefix_match %.2f (best of %s: %.3f); "
                  "using the longest", threshold, schedules,
                  max(t["prefix_match"] for t in tried))
-  out, tmp = os.path.join(workdir, "model"), os.path.join(workdir, "model.tmp")
+  out, tmp = paths.join(workdir, "model"), paths.join(workdir, "model.tmp")
   for path in (out, tmp):
-    shutil.rmtree(path, ignore_errors=True)
-  shutil.copytree(os.path.join(workdir, chosen["model"]), tmp)
+    paths.rmtree(path, missing_ok=True)
+  paths.copytree(paths.join(workdir, chosen["model"]), tmp)
   SavedModel.open(tmp).update_info({"schedule": {"num_steps": chosen["num_steps"],
                                                  "fit_prefix_match": chosen["prefix_match"],
                                                  "passed": passed}})
-  os.replace(tmp, out)
-  workdir_lib.write_json(os.path.join(workdir, "schedule.json"), {
+  paths.replace(tmp, out)
+  workdir_lib.write_json(paths.join(workdir, "schedule.json"), {
       "threshold": threshold, "candidates": schedules, "tried": tried,
       "chosen_steps": chosen["num_steps"], "passed": passed})
   print(f"sft_until_fit: {chosen['num_steps']} steps chosen (prefix_match "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import Any, Sequence
 
@@ -37,6 +36,7 @@ import gin
 import tqdm
 
 from cai_jax import constitution as cc
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.builders import write_records
 from cai_jax.data.conversations import read_prompts
@@ -48,7 +48,8 @@ from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import SavedModel
 from cai_jax.sampling import Sampler, call_seed
 from cai_jax.sampling.continuous import Request, run_jobs
-from cai_jax.sharding import build_mesh
+from cai_jax.sharding import processes
+from cai_jax.sharding.processes import open_shards
 from cai_jax.run import program
 from cai_jax.train.metrics import log_samples
 from cai_jax.run.runner import COSMETIC
@@ -279,15 +280,15 @@ def _write_sl_data(workdir: str, shards: Shards, num_prompts: int, const: cc.Con
             len(rows), n_bad, n_fallback)
   provenance = {"program": "generate_sl", "constitution_hash": const.content_hash,
                 "constitution_name": const.name, "model": spec["model"],
-                "prompts_path": os.path.abspath(prompts_path), "spec": spec,
+                "prompts_path": paths.absolute(prompts_path), "spec": spec,
                 "num_malformed": n_bad, "num_fallbacks": n_fallback,
                 "gin_operative_config": gin.operative_config_str()}
-  records_dir = os.path.join(workdir, "records")
+  records_dir = paths.join(workdir, "records")
   write_records(SL_DATA, {"train": rows}, sl_features(), records_dir, provenance=provenance,
-                sources=[os.path.abspath(prompts_path)], overwrite=True)
+                sources=[paths.absolute(prompts_path)], overwrite=True)
   log_samples(workdir, "generate_sl/chain", [_chain_markdown(r) for r in rows[:8]])
   workdir_lib.mark_done(workdir, f"{len(rows)} prompts\n")
-  return os.path.join(records_dir, SL_DATA)
+  return paths.join(records_dir, SL_DATA)
 
 
 @gin.configurable
@@ -334,7 +335,7 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
       and step only); ``batch_size`` is the number of rows either way.
     mesh_shape: (data, fsdp, tensor); the batch is sharded over data x fsdp.
   """
-  out_path = os.path.join(workdir, "records", SL_DATA)
+  out_path = paths.join(workdir, "records", SL_DATA)
   if workdir_lib.skip_if_done(workdir, "generate_sl"):
     return out_path
   if num_rounds < 0 or shard_size < 1 or batch_size < 1:
@@ -355,29 +356,30 @@ def generate_sl(workdir: str, *, model: str = gin.REQUIRED, prompts_path: str = 
           "temperature": temperature, "top_p": top_p, "seed": seed,
           "shard_size": shard_size, "batch_size": batch_size, "prefix_reuse": prefix_reuse,
           "continuous": continuous}
-  shards = Shards.open(os.path.join(workdir, SHARDS_DIR), spec, len(prompts), shard_size)
-  todo = shards.todo()
+  shards, todo = open_shards(paths.join(workdir, SHARDS_DIR), spec, len(prompts),
+                             shard_size, "generate_sl")
   _log.info("generate_sl: %d prompts, %d shards, %d to do", len(prompts), shards.num_shards,
             len(todo))
 
-  # --- Generate the unfinished shards -------------------------------------------------
-  if todo:
-    mesh = build_mesh(mesh_shape)
-    sampler = Sampler(*saved.load(mesh=mesh), mesh=mesh)
-  bar = tqdm.tqdm(total=len(prompts), initial=len(prompts) - shards.num_items_todo(),
-                  desc="generate_sl", unit="prompt", mininterval=1.0, disable=None)
+  # --- Generate the unfinished shards (this process's share of them) -------------------
   if max_shards is not None and len(todo) > max_shards:
     _log.info("generate_sl: writing %d of the %d shards to do (max_shards)", max_shards,
               len(todo))
-  if todo:
+  mine = processes.share(todo[:max_shards])
+  if mine:
+    mesh = processes.local_mesh(mesh_shape)
+    sampler = Sampler(*saved.load(mesh=mesh), mesh=mesh)
+  bar = tqdm.tqdm(total=sum(len(shards.items(s)) for s in mine), desc="generate_sl",
+                  unit="prompt", mininterval=1.0, disable=None)
+  if mine:
     _generate_shards(
-        sampler, tok, const, prompts, shards, todo[:max_shards], num_rounds=num_rounds,
+        sampler, tok, const, prompts, shards, mine, num_rounds=num_rounds,
         direct=direct_revision, exemplars=cc.first_exemplars(const.critique_exemplars, exemplars),
         prefix_reuse=prefix_reuse, seed=seed, batch_size=batch_size, bar=bar, context=context,
         continuous=continuous, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, stop_tokens=tok.stop_ids)
-  if shards.todo():   # max_shards left some: no final data set yet
-    bar.close()
-    return out_path
   bar.close()
+  processes.barrier("generate_sl:shards")   # every process's shards are written
+  if shards.todo() or not processes.is_chief():   # max_shards left some: no data set yet
+    return out_path
   return _write_sl_data(workdir, shards, len(prompts), const, spec, prompts_path)

@@ -13,13 +13,13 @@ run.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 import gin
 import grain
 
 from cai_jax import models
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.conversations import batch_dataset, pad_examples, read_conversations
 from cai_jax.data.dialogue import Turn
@@ -67,7 +67,7 @@ def load_conversations(path: str) -> list[list[Turn]]:
   """Conversations from a JSONL file or from a record set folder (``DATA_DIR/NAME``)."""
   if path.endswith(".jsonl"):
     return read_conversations(path)
-  data_dir, name = os.path.split(os.path.normpath(path))
+  data_dir, name = paths.split(path)
   source = read_records(data_dir, name, split="train")
   convs = [example_turns(source[i]) for i in range(len(source))]
   if not convs:
@@ -159,5 +159,5 @@ def sft(workdir: str, *, train_data: str = gin.REQUIRED, tokenizer_path: str | N
       workdir, program="sft", mesh=mesh, init=init, loss=lm_loss_fn, batches=batches,
       schedule=trainer.Schedule(num_steps, batch_size, seed, ckpt_every, log_every,
                                 keep_checkpoints), optimizer=optimizer,
-      info={"tokenizer_path": tok.path, "train_data": os.path.abspath(train_data)},
+      info={"tokenizer_path": tok.path, "train_data": paths.absolute(train_data)},
       hf_export=hf_export)
