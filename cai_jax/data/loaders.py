@@ -214,22 +214,19 @@ def preference_loader(source: Sequence[Any], tokenizer: Tokenizer, *, seq_len: i
                       num_epochs: int | None = None,
                       shard_options: grain.sharding.ShardOptions | None = None,
                       read_options: grain.ReadOptions | None = None,
-                      trim: bool | None = None) -> grain.IterDataset:
+                      trim: bool = True) -> grain.IterDataset:
   """Batches of preference pairs: ``tokens``/``loss_mask`` [b, 2, L] (index 0 =
   chosen), ``p_chosen`` [b] (probability the first is preferred), ``num_truncated`` [b].
 
   ``L`` is ``seq_len``, or with ``trim`` the shortest ``buckets.train_bucket`` that holds
-  the batch's longest response (``TrimPairs``; same losses, less padding). ``trim``
-  defaults to on in a single process only: processes reading different shards would
-  disagree on ``L``.
+  the batch's longest response (``TrimPairs``; same losses, less padding; processes read
+  the same batches, so they agree on ``L``).
 
   Args: as ``dialogue_loader``; records follow ``builders.preference_features``.
   """
   ds = examples(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                 shard_options=shard_options).map(EncodePair(tokenizer, seq_len))
   ds = ds.batch(batch_size, drop_remainder=True)
-  if trim is None:   # processes read the same batches, so they agree on the length
-    trim = True
   if trim:
     ds = ds.map(TrimPairs(seq_len))
   return ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)

@@ -232,11 +232,7 @@ def read_rows(path: str, name: str, split: str | None = None) -> list[dict[str, 
   """
   if path_lib.isdir(path_lib.join(path, "records", name)):
     path = path_lib.join(path, "records", name)
-  if path_lib.is_local(path):
-    data_dir, base = os.path.split(os.path.normpath(path))
-  else:
-    path = path.rstrip("/")
-    data_dir, base = path_lib.dirname(path), path_lib.basename(path)
+  data_dir, base = path_lib.split(path)
   found = read_records(data_dir, base, split=split)
   sources = [found] if split is not None else [found[k] for k in sorted(found)]
   return [{k: _plain(v) for k, v in src[i].items()} for src in sources

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from cai_jax.data.shards import Shards
-from cai_jax.sharding.mesh import make_mesh
+from cai_jax.sharding.mesh import build_mesh, make_mesh
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -84,14 +84,13 @@ def local_mesh(shape: Sequence[int]) -> Mesh:
   """The (data, fsdp, tensor) mesh of a generation job: over every device in a
   one-process run, over this process's own devices in a multi-process one."""
   if jax.process_count() == 1:
-    mesh = make_mesh(*shape)
-  else:
-    try:
-      mesh = make_mesh(*shape, devices=jax.local_devices())
-    except ValueError as e:
-      raise ValueError(f"mesh_shape {tuple(shape)}: a generation job's mesh spans one "
-                       f"process's {jax.local_device_count()} devices in a multi-process "
-                       f"run ({e})") from None
-  _log.info("mesh %s on %d devices%s", dict(mesh.shape), mesh.size,
-            f" of process {jax.process_index()}" if jax.process_count() > 1 else "")
+    return build_mesh(shape)
+  try:
+    mesh = make_mesh(*shape, devices=jax.local_devices())
+  except ValueError as e:
+    raise ValueError(f"mesh_shape {tuple(shape)}: a generation job's mesh spans one "
+                     f"process's {jax.local_device_count()} devices in a multi-process "
+                     f"run ({e})") from None
+  _log.info("mesh %s on %d devices of process %d", dict(mesh.shape), mesh.size,
+            jax.process_index())
   return mesh
