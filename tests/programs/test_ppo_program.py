@@ -14,6 +14,7 @@ import pytest
 from cai_jax.run.integrity import CorruptArtifactError
 
 from cai_jax import constitution as cc
+from cai_jax import models
 from cai_jax.data.conversations import write_conversations
 from cai_jax.data.dialogue import HUMAN, Turn
 from cai_jax.data.loaders import EncodePair
@@ -216,3 +217,46 @@ def test_non_finite_reward_stops_the_run(ppo_inputs, tmp_path):
         max_new_tokens=4, num_iterations=2, ckpt_every=1)
   assert not (tmp_path / "run" / "DONE").exists()
   assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))
+
+
+def test_memory_options_change_the_step_not_the_result(ppo_inputs, tmp_path, monkeypatch):
+  """``memory_options.grad_accum_steps`` and ``memory_options.remat`` (gin) reach PPO's
+  learner (micro-batched minibatch steps, rematerialised policy and value blocks) and give
+  the parameters of a plain run up to float rounding."""
+  import gin  # pylint: disable=import-outside-toplevel
+  d, _, _ = ppo_inputs
+  seen = []
+  learner_cls = ppo_lib.PPOLearner
+
+  def spy(cfg, **kw):
+    g = kw["graphdefs"]
+    seen.append((cfg.grad_accum_steps,
+                 {"policy": models.merge(g["policy"], kw["ref_params"]).cfg.remat,
+                  "value": models.merge(g["value"], kw["reward"].params).cfg.remat}))
+    return learner_cls(cfg, **kw)
+
+  monkeypatch.setattr(ppo_lib, "PPOLearner", spy)
+
+  def opt(total_steps):
+    del total_steps
+    return optax.adam(3e-3), optax.constant_schedule(3e-3)
+
+  kw = dict(policy_model=str(d / "sft" / "model"), reward_model=str(d / "pm" / "model"),
+            prompts=str(d / "prompts.jsonl"), rollout_batch=8, minibatch_size=4,
+            ppo_epochs=1, max_new_tokens=4, num_iterations=1, ckpt_every=1, optimizer=opt,
+            mesh_shape=(2, 1, 1))
+  plain = SavedModel.open(ppo(str(tmp_path / "plain"), **kw)).load()[1]
+  gin.parse_config("memory_options.grad_accum_steps = 2\nmemory_options.remat = 'full'")
+  try:
+    small = SavedModel.open(ppo(str(tmp_path / "small"), **kw)).load()[1]
+  finally:
+    gin.clear_config()
+  assert [s[0] for s in seen] == [1, 2]
+  assert [s[1] for s in seen] == [{"policy": "none", "value": "none"}, {"policy": "full", "value": "full"}]
+  init = SavedModel.open(str(d / "sft" / "model")).load()[1]
+  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(init)))
+  diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(small)))
+  print(f"ppo memory options: policy moved {moved:.2e}, max difference {diff:.2e}")
+  assert moved > 1e-3 and diff < 1e-4

@@ -60,21 +60,26 @@ _log = logging.getLogger(__name__)
 
 
 def _learner(cfg: ppo_lib.PPOConfig, mesh, policy: SavedModel, rm: SavedModel,
-             value: SavedModel, tok, tx) -> tuple[ppo_lib.PPOLearner, trainer.StateLayout]:
+             value: SavedModel, tok, tx, remat: str = "none"
+             ) -> tuple[ppo_lib.PPOLearner, trainer.StateLayout]:
   """Loads the frozen reference and the reward model and builds the learner; also returns
-  the layout of the train state (policy + value)."""
+  the layout of the train state (policy + value). ``remat``: ``ModelConfig.remat`` of the
+  policy and value blocks in the differentiated passes (sampling, with a cache, never
+  rematerialises)."""
   roles = {"policy": (policy.config, "lm"), "value": (value.config, "scalar")}
-  abstract = {r: models.abstract(c, k) for r, (c, k) in roles.items()}
+  abstract = {r: models.abstract(dataclasses.replace(c, remat=remat), k)
+              for r, (c, k) in roles.items()}
   params = {r: a[1] for r, a in abstract.items()}
   layout = trainer.state_layout(
       mesh, params, {r: models.param_shardings(c, mesh, k) for r, (c, k) in roles.items()},
       tx)
-  pgraph, ref_params = policy.load(mesh=mesh, kind="lm")
+  _, ref_params = policy.load(mesh=mesh, kind="lm")
   reward = RewardModel.load(rm, mesh=mesh, tokenizer=tok, batch_size=cfg.rollout_batch)
   _log.info("ppo: policy %s, value %s, reward %s parameters",
             *(f"{models.count_params(x):,}" for x in (params["policy"], params["value"],
                                                       reward.params)))
-  graphdefs = {"policy": pgraph, "value": abstract["value"][0], "reward": reward.graphdef}
+  graphdefs = {"policy": abstract["policy"][0], "value": abstract["value"][0],
+               "reward": reward.graphdef}
   learner = ppo_lib.PPOLearner(cfg, mesh=mesh, graphdefs=graphdefs, ref_params=ref_params,
                                reward=reward, optimizer=tx,
                                state_shardings=layout.shardings)
@@ -122,7 +127,9 @@ def _hparams(cfg: ppo_lib.PPOConfig, controller, optimizer: Callable, policy: Sa
   return {"program": "ppo", "num_iterations": num_iterations, "ppo": cfg,
           "kl": {"controller": type(controller).__name__, **dataclasses.asdict(controller)},
           "optimizer": trainer.optimizer_hparams(optimizer), "policy_model": policy.path,
-          "reward_model": rm.path, "model": policy.config.to_dict()}
+          "reward_model": rm.path, "model": policy.config.to_dict(),
+          **({"memory": dataclasses.asdict(m)} if (m := trainer.memory_options())
+             != trainer.MemoryOptions() else {})}
 
 
 def _iteration(learner: ppo_lib.PPOLearner, controller, state: ppo_lib.PPOState,
@@ -223,10 +230,11 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   """
   if workdir_lib.skip_if_done(workdir, "ppo"):
     return trainer.model_dir(workdir)
+  memory = trainer.memory_options()
   cfg = ppo_lib.PPOConfig(rollout_batch, minibatch_size, ppo_epochs, max_new_tokens,
                           temperature, top_p, kl_estimator, gamma, lam, clip_eps, value_clip,
                           vf_coef, whiten_advantages, truncated_score, tuple(refusal_markers),
-                          seed)
+                          seed, grad_accum_steps=memory.grad_accum_steps)
   controller = ppo_lib.kl_controller(kl_coef, kl_target, kl_horizon)
 
   # --- Models, prompts, the learner ----------------------------------------------------
@@ -241,7 +249,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   prompt_ids = [cc.initial_prompt(t).token_ids(tok) for t in pool]
   mesh = build_mesh(mesh_shape)
   tx, lr = optimizer(total_steps=num_iterations * cfg.steps_per_iteration)
-  learner, layout = _learner(cfg, mesh, policy, rm, value, tok, tx)
+  learner, layout = _learner(cfg, mesh, policy, rm, value, tok, tx, memory.remat)
   ckpt = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
   state, start = _initial_state(learner, value, rm, layout, controller, ckpt)
   _log.info("ppo: %d prompts; starting at iteration %d of %d", len(pool), start,
