@@ -11,8 +11,9 @@ it, so the shards are the same whichever process makes them.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import jax
 from jax.experimental import multihost_utils
@@ -57,12 +58,36 @@ def barrier(name: str) -> None:
   instead of waiting for ever."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  client = distributed.global_state.client
+  client = _client()
   if client is None:   # not joined through jax.distributed: a device collective
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(f"cai_jax/{name}/{next(_BARRIERS)}", BARRIER_TIMEOUT_S * 1000)
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client
+
+
+def allgather_json(name: str, value: Any) -> list[Any]:
+  """Every process's ``value`` (JSON-serialisable), in process order: ``[value]`` in a
+  one-process run. Goes through the coordination service's key-value store (small
+  values: answers, counts), so it needs no shared file system and no device collective;
+  a dead process makes the others fail once its heartbeats stop."""
+  if jax.process_count() == 1:
+    return [value]
+  client = _client()
+  if client is None:
+    raise RuntimeError("allgather_json: a multi-process run not joined through "
+                       "jax.distributed.initialize (no coordination service)")
+  key = f"cai_jax/gather/{name}/{next(_BARRIERS)}"
+  client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(value))
+  out = [json.loads(client.blocking_key_value_get(f"{key}/{i}", BARRIER_TIMEOUT_S * 1000))
+         for i in range(jax.process_count())]
+  barrier(f"{name}:gathered")   # every process has read every value
+  client.key_value_delete(f"{key}/{jax.process_index()}")
+  return out
 
 
 def open_shards(directory: str, spec: dict, num_items: int, shard_size: int,

@@ -1,13 +1,14 @@
 """Two JAX processes on loopback run a small CAI pipeline as one job (issue 14).
 
 The pipeline: SL-CAI generation, AI-feedback labeling, a preference model, DPO, a few PPO
-iterations and SFT, on the tiny world of the program tests (the preference model and DPO
+iterations, SFT and a pairwise evaluation (answers split across processes), on the tiny world of the program tests (the preference model and DPO
 learn its polite-over-rude pairs). It runs once as one process
 with two fake CPU devices (the reference) and once as two processes with one device each
 (``--coordinator_address``, ``--num_processes``, ``--process_id``), in which process 1 is
 killed after the preference model: process 0 must fail within a bounded time (no hang),
 and the same command must then resume and finish. Compared with the reference:
-generation and labeling shards (text equal, labels to float round-off), the trained
+generation and labeling shards and evaluation answers (text equal, labels and judgments
+to float round-off), the trained
 parameters (max difference printed), exactly one copy of every output (one data set,
 metrics rows once, DONE markers).
 """
@@ -28,7 +29,7 @@ from cai_jax.models.store import SavedModel
 from cai_jax.train.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PHASES = ("gen", "label", "pm", "dpo", "ppo", "sft")
+PHASES = ("gen", "label", "pm", "dpo", "ppo", "sft", "eval")
 MODELS = ("pm", "dpo", "ppo", "sft")
 
 
@@ -36,7 +37,8 @@ def _gin(d, lm, tok, convs, prompts, pairs, reward) -> str:
   text = f"""
 run.program = @pipeline
 pipeline.phases = {{'gen': @generate_sl, 'label': @label_preferences,
-                   'pm': @preference_model, 'dpo': @dpo, 'ppo': @ppo, 'sft': @sft}}
+                   'pm': @preference_model, 'dpo': @dpo, 'ppo': @ppo, 'sft': @sft,
+                   'eval': @pairwise_eval}}
 generate_sl.model = '{lm}'
 generate_sl.prompts_path = '{prompts}'
 generate_sl.constitution_path = 'constitutions/default.json'
@@ -84,6 +86,15 @@ sft.seq_len = 40
 sft.ckpt_every = 2
 sft.log_every = 2
 make_optimizer.learning_rate = 3e-3
+pairwise_eval.models = {{'base': '{lm}', 'dpo': 'dpo/model', 'sft': 'sft/model'}}
+pairwise_eval.judge = 'pm/model'
+pairwise_eval.red_team_prompts = '{prompts}'
+pairwise_eval.helpful_prompts = '{prompts}'
+pairwise_eval.max_prompts = 6
+pairwise_eval.max_new_tokens = 6
+pairwise_eval.batch_size = 2
+pairwise_eval.judge_max_len = 64
+pairwise_eval.num_bootstrap = 20
 """
   path = d / "mp.gin"
   path.write_text(text)
@@ -102,7 +113,8 @@ def _launch(workdir, gin_file, *, processes: int, devices: int, logs) -> list:
       f"--xla_force_host_platform_device_count={devices} "
       "--xla_cpu_collective_call_terminate_timeout_seconds=30"))
   cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}",
-         f"--gin_file={gin_file}", "--compilation_cache="]
+         f"--gin_file={gin_file}",
+         f"--compilation_cache={os.environ.get('CAI_JAX_TEST_XLA_CACHE', '')}"]
   port = _free_port()
   procs = []
   for i in range(processes):
@@ -237,3 +249,22 @@ def test_trained_parameters_and_metrics_equal_one_process(runs):
     rows_two = read_jsonl(os.path.join(two, phase, "metrics.jsonl"))
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one], phase
     assert len(rows_one) >= 2
+
+
+def test_evaluation_answers_equal_one_process(runs):
+  """pairwise_eval's answers (each process answered every other batch) and the PM judge's
+  verdicts equal the one-process run's; one results file."""
+  one, two, _, _ = runs
+  names = sorted(os.listdir(os.path.join(one, "eval", "answers")))
+  assert names == sorted(os.listdir(os.path.join(two, "eval", "answers"))) and len(names) == 6
+  for name in names:
+    a = _rows(os.path.join(one, "eval", "answers", name))
+    b = _rows(os.path.join(two, "eval", "answers", name))
+    assert len(a) == 6 and a == b, name
+  for kind in ("red_team", "helpful"):
+    a = _rows(os.path.join(one, "eval", "judgments", f"{kind}.jsonl"))
+    b = _rows(os.path.join(two, "eval", "judgments", f"{kind}.jsonl"))
+    assert len(a) == len(b) == 18
+    np.testing.assert_allclose([r["p_a"] for r in a], [r["p_a"] for r in b], atol=1e-5)
+  assert not [f for f in os.listdir(os.path.join(two, "eval")) if f.endswith(".tmp")]
+  assert os.path.isfile(os.path.join(two, "eval", "results.json"))

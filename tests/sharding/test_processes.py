@@ -15,6 +15,7 @@ def test_one_process_does_all_the_work():
   assert processes.is_chief()
   assert processes.share([3, 1, 4, 1, 5]) == [3, 1, 4, 1, 5]
   processes.barrier("anything")   # a no-op, no coordination service needed
+  assert processes.allgather_json("answers", {"0": ["a", "b"]}) == [{"0": ["a", "b"]}]
   mesh = processes.local_mesh((-1, 2, 1))
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
 

@@ -32,11 +32,11 @@ from cai_jax.data.conversations import read_prompts
 from cai_jax.data.dialogue import parse_hh
 from cai_jax.data.generated import read_sl_data
 from cai_jax.models.store import SavedModel
-from cai_jax.evaluation.answers import model_answers
+from cai_jax.evaluation.answers import answers_file, model_answers
 from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.rl.ppo import DEFAULT_REFUSAL_MARKERS
 from cai_jax.sampling import Sampler
-from cai_jax.sharding import build_mesh
+from cai_jax.sharding import build_mesh, processes
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
 
@@ -146,8 +146,10 @@ def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                "revisions": list(r["revisions"])} for r in read_sl_data(sl_data)][:max_chains]
   mesh = build_mesh(mesh_shape)
 
-  answers = {name: model_answers(name, path, sets, workdir, mesh, batch_size=batch_size,
-                                max_new_tokens=max_new_tokens, role="judge_eval") for name, path in models.items()}
+  answers = {name: model_answers(name, path, sets, workdir, mesh_shape,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 role="judge_eval")
+             for name, path in models.items()}
   judge = FeedbackModel(Sampler(*judge_model.load(mesh=mesh), mesh=mesh),
                         judge_model.tokenizer(), batch_size=batch_size)
   results = {"feedback_model": judge_model.path, "models": {}}
@@ -157,7 +159,8 @@ def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
       if rows and "p_harmful" not in rows[0]:
         for r, p in zip(rows, _verdicts(judge, rows)):
           r["p_harmful"] = round(float(p), 4)
-        workdir_lib.write_jsonl(paths.join(workdir, "answers", f"{name}.{kind}.jsonl"), rows)
+        if processes.is_chief():
+          workdir_lib.write_jsonl(answers_file(workdir, name, kind), rows)
       results["models"][name][kind] = _summary(rows, refusal_markers)
   if "helpful" in sets:
     results["judge_discrimination"] = _discrimination(answers)
@@ -166,8 +169,9 @@ def judge_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
   if label_dir and paths.exists(paths.join(label_dir, "diagnostics.json")):
     results["label_diagnostics"] = workdir_lib.read_json(
         paths.join(label_dir, "diagnostics.json"))
-  workdir_lib.write_json(results_path, results)
-  workdir_lib.write_text(paths.join(workdir, "results.md"), judge_report.markdown(
-      results, answers, chains, num_samples_shown))
+  if processes.is_chief():   # one writer in a multi-process job
+    workdir_lib.write_json(results_path, results)
+    workdir_lib.write_text(paths.join(workdir, "results.md"), judge_report.markdown(
+        results, answers, chains, num_samples_shown))
   workdir_lib.mark_done(workdir, f"{len(models)} models\n")
   return results_path

@@ -46,7 +46,7 @@ from cai_jax.rl.reward import RewardModel
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
 from cai_jax.sampling import Sampler
-from cai_jax.sharding import build_mesh
+from cai_jax.sharding import build_mesh, processes
 from cai_jax.train.metrics import log_samples
 
 _log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _judgments(workdir: str, kind: str, judge_fn, prompts: list, answers: list,
   if oracle is not None and (fresh or "oracle_p_a" not in rows[0]):
     _oracle_outcomes(oracle, [turns[-1].text for _, turns in prompts], answers, rows)
     fresh = True
-  if fresh:
+  if fresh and processes.is_chief():   # one writer in a multi-process job
     workdir_lib.write_jsonl(file, rows)
   return rows
 
@@ -252,8 +252,9 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
   SavedModel.open(judge, role="pairwise_eval.judge")
   mesh = build_mesh(mesh_shape)
 
-  answers = {name: model_answers(name, path, sets, workdir, mesh, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, role="pairwise_eval")
+  answers = {name: model_answers(name, path, sets, workdir, mesh_shape,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 role="pairwise_eval")
              for name, path in models.items()}
   judge_model = _judge(judge, mesh, batch_size, judge_max_len)
   if isinstance(judge_model, RewardModel):
@@ -280,8 +281,9 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
     log_samples(workdir, f"pairwise/{kind}", [_decision_markdown(r, names, prompts, model_rows)
                                               for r in rows[:8]])
   results["elo"] = _by_model(names, results["sets"])
-  workdir_lib.write_json(results_path, results)
-  pairwise_report.write(workdir, results)
+  if processes.is_chief():
+    workdir_lib.write_json(results_path, results)
+    pairwise_report.write(workdir, results)
   workdir_lib.mark_done(workdir, f"{len(names)} models, "
                         f"{sum(e['num_comparisons'] for e in results['sets'].values())} "
                         "comparisons\n")
