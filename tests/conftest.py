@@ -20,6 +20,20 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
 
+# One persistent XLA compilation cache for the whole session, shared by the tests in this
+# process and the binaries they start: the same program compiled again (a resumed run, the
+# same tiny model in another test) is loaded instead of recompiled. A fresh folder per
+# session (nothing carries over between sessions), unless CAI_JAX_TEST_XLA_CACHE names one;
+# CAI_JAX_TEST_XLA_CACHE='' turns it off.
+import tempfile  # noqa: E402
+
+if "CAI_JAX_TEST_XLA_CACHE" not in os.environ:
+  os.environ["CAI_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="cai_jax_xla_cache_")
+XLA_CACHE = os.environ["CAI_JAX_TEST_XLA_CACHE"]
+if XLA_CACHE:
+  jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: long end-to-end check (still runs in CI)")
@@ -37,7 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, timeout=300,
               flags=()):
-  """Runs ``python -m cai_jax.main`` in a subprocess (own device count, no compile cache).
+  """Runs ``python -m cai_jax.main`` in a subprocess (own device count, the session's
+  compilation cache).
 
   ``fault_after`` makes the training loop die abruptly after that step (resume tests).
   """
@@ -48,7 +63,8 @@ def _run_main(workdir, gin_files, gin_params, *, fault_after=None, devices=2, ti
   env.pop("CAI_JAX_FAULT_EXIT_AFTER_STEP", None)
   if fault_after:
     env["CAI_JAX_FAULT_EXIT_AFTER_STEP"] = str(fault_after)
-  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}", "--compilation_cache="]
+  cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}",
+         f"--compilation_cache={XLA_CACHE}"]
   cmd += [f"--gin_file={f}" for f in gin_files] + [f"--gin_param={p}" for p in gin_params]
   cmd += list(flags)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
