@@ -25,10 +25,13 @@ jax.config.update("jax_threefry_partitionable", True)
 # same tiny model in another test) is loaded instead of recompiled. A fresh folder per
 # session (nothing carries over between sessions), unless CAI_JAX_TEST_XLA_CACHE names one;
 # CAI_JAX_TEST_XLA_CACHE='' turns it off.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 if "CAI_JAX_TEST_XLA_CACHE" not in os.environ:
   os.environ["CAI_JAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="cai_jax_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["CAI_JAX_TEST_XLA_CACHE"], True)
 XLA_CACHE = os.environ["CAI_JAX_TEST_XLA_CACHE"]
 if XLA_CACHE:
   jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
