@@ -252,8 +252,7 @@ def ppo(workdir: str, *, policy_model: str = gin.REQUIRED, reward_model: str = g
   learner, layout = _learner(cfg, mesh, policy, rm, value, tok, tx, memory.remat)
   ckpt = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints)
   state, start = _initial_state(learner, value, rm, layout, controller, ckpt)
-  _log.info("ppo: %d prompts; starting at iteration %d of %d", len(pool), start,
-            num_iterations)
+  _log.info("ppo: %d prompts; starting at iteration %d of %d", len(pool), start, num_iterations)
 
   # --- Loop: rollout -> learn -> log, probe, checkpoint ---------------------------------
   length = ppo_lib.prompt_length_bucket(prompt_ids, max_new_tokens)
