@@ -7,8 +7,7 @@ writes it as ``results.md`` with the Pareto plots (``pareto.*``, ``pareto_oracle
 """
 from __future__ import annotations
 
-import os
-
+from cai_jax import paths as path_lib
 from cai_jax import workdir as workdir_lib
 from cai_jax.evaluation import plots
 
@@ -87,12 +86,12 @@ def pareto_points(results: dict, source: str = "judge") -> list[dict]:
 
 def write(workdir: str, results: dict) -> list[str]:
   """Writes ``results.md`` and the Pareto plots; returns the paths written."""
-  paths = [os.path.join(workdir, "results.md")]
+  paths = [path_lib.join(workdir, "results.md")]
   workdir_lib.write_text(paths[0], markdown(results))
   sources = ["judge"] + (["oracle"] if all("oracle" in e for e in results["sets"].values())
                          else [])
   for source in sources:
-    stem = os.path.join(workdir, "pareto" if source == "judge" else "pareto_oracle")
+    stem = path_lib.join(workdir, "pareto" if source == "judge" else "pareto_oracle")
     paths += plots.pareto_plot(
         stem, pareto_points(results, source), lines=results.get("lines", ()),
         title=f"Helpfulness vs harmlessness Elo ({'judge' if source == 'judge' else 'oracle'})")

@@ -95,6 +95,19 @@ def export_hf(params: Any, cfg: ModelConfig, out: str, *, tokenizer_path: str | 
   return out
 
 
+def _restore_options(mesh) -> dict:
+  """Orbax options for a restore onto ``mesh``: collective across the job's processes
+  (Orbax's default) unless every device of ``mesh`` is this process's (a process-local
+  sampling mesh, ``sharding.processes.local_mesh``; or no mesh): then this process
+  restores alone, so processes with no share of a sharded job need not load the model."""
+  me = jax.process_index()
+  if jax.process_count() == 1 or (mesh is not None and any(
+      d.process_index != me for d in mesh.devices.flat)):
+    return {}
+  return {"multiprocessing_options": ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}")}
+
+
 @dataclasses.dataclass(frozen=True)
 class SavedModel:
   """A saved model folder (see the module docstring).
@@ -199,7 +212,7 @@ class SavedModel:
       return graphdef, fresh
     graphdef, shapes, _ = api.abstract(cfg, self.kind)
     if mesh is None:
-      dev = SingleDeviceSharding(jax.devices()[0])
+      dev = SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree.map(lambda _: dev, shapes)
     else:
       shardings = api.param_shardings(cfg, mesh, self.kind)
@@ -207,7 +220,7 @@ class SavedModel:
                           shapes, shardings)
     if integrity.has_manifest(self.path):
       integrity.verify_manifest(self.path)
-    with ocp.StandardCheckpointer() as ckptr:
+    with ocp.StandardCheckpointer(**_restore_options(mesh)) as ckptr:
       params = ckptr.restore(paths.join(self.path, "params"), target)
     integrity.check_finite(params, f"saved model {self.path}")
     if kind == self.kind:

@@ -107,14 +107,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, gin_file, *, processes: int, devices: int, logs) -> list:
+def _launch(workdir, gin_file, *, processes: int, devices: int, logs, flags=()) -> list:
   """Starts the job's processes; ``logs``: a folder for their output."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
       f"--xla_force_host_platform_device_count={devices} "
       "--xla_cpu_collective_call_terminate_timeout_seconds=30"))
   cmd = [sys.executable, "-m", "cai_jax.main", f"--workdir={workdir}",
          f"--gin_file={gin_file}",
-         f"--compilation_cache={os.environ.get('CAI_JAX_TEST_XLA_CACHE', '')}"]
+         f"--compilation_cache={os.environ.get('CAI_JAX_TEST_XLA_CACHE', '')}", *flags]
   port = _free_port()
   procs = []
   for i in range(processes):
@@ -209,25 +209,30 @@ def test_a_dead_process_fails_the_job_and_a_rerun_resumes(runs):
     assert os.path.isfile(os.path.join(two, phase, "DONE"))
 
 
+def _assert_same_shards(ref: str, other: str, phase: str) -> None:
+  """The phase's shards in ``other`` equal ``ref``'s (floats to 1e-5, the rest exactly)."""
+  names = sorted(f for f in os.listdir(os.path.join(ref, phase, "shards"))
+                 if f.startswith("shard_"))
+  assert names == sorted(f for f in os.listdir(os.path.join(other, phase, "shards"))
+                         if f.startswith("shard_")) and len(names) == 3
+  for name in names:
+    a = _rows(os.path.join(ref, phase, "shards", name))
+    b = _rows(os.path.join(other, phase, "shards", name))
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+      assert ra.keys() == rb.keys()
+      for k in ra:
+        if isinstance(ra[k], float) or (isinstance(ra[k], list) and ra[k]
+                                        and isinstance(ra[k][0], float)):
+          np.testing.assert_allclose(ra[k], rb[k], atol=1e-5, err_msg=k)
+        else:
+          assert ra[k] == rb[k], (phase, name, k)
+
+
 def test_generation_and_labels_equal_one_process(runs):
   one, two, _, _ = runs
   for phase in ("gen", "label"):
-    names = sorted(f for f in os.listdir(os.path.join(one, phase, "shards"))
-                   if f.startswith("shard_"))
-    assert names == sorted(f for f in os.listdir(os.path.join(two, phase, "shards"))
-                           if f.startswith("shard_")) and len(names) == 3
-    for name in names:
-      a = _rows(os.path.join(one, phase, "shards", name))
-      b = _rows(os.path.join(two, phase, "shards", name))
-      assert len(a) == len(b) == 4
-      for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-          if isinstance(ra[k], float) or (isinstance(ra[k], list) and ra[k]
-                                          and isinstance(ra[k][0], float)):
-            np.testing.assert_allclose(ra[k], rb[k], atol=1e-5, err_msg=k)
-          else:
-            assert ra[k] == rb[k], (phase, name, k)
+    _assert_same_shards(one, two, phase)
   # one record set each, written once
   for phase, name in (("gen", "sl_data"), ("label", "pref_data")):
     files = [f for f in os.listdir(os.path.join(two, phase, "records", name, "1.0.0"))
@@ -268,3 +273,32 @@ def test_evaluation_answers_equal_one_process(runs):
     np.testing.assert_allclose([r["p_a"] for r in a], [r["p_a"] for r in b], atol=1e-5)
   assert not [f for f in os.listdir(os.path.join(two, "eval")) if f.endswith(".tmp")]
   assert os.path.isfile(os.path.join(two, "eval", "results.json"))
+
+
+def test_four_processes_generate_label_and_train_as_one(runs, tmp_path):
+  """Four processes (one device each) run generation, labeling and the preference model:
+  the shards equal the one-process run's (process 3 gets no generation shard: 3 shards,
+  4 processes), one record set each, the PM's parameters equal to float round-off (a
+  4-way instead of a 2-way data-parallel sum), its metrics rows written once."""
+  one, _, logs, _ = runs
+  four = str(tmp_path / "four")
+  gin_file = os.path.join(os.path.dirname(one), "mp.gin")
+  codes = _wait(_launch(four, gin_file, processes=4, devices=1, logs=logs,
+                        flags=["--gin_param=pipeline.only=('gen', 'label', 'pm')"]), 600)
+  assert codes == [0, 0, 0, 0], _tail(logs, "four")
+  for phase in ("gen", "label"):
+    _assert_same_shards(one, four, phase)
+  for phase, name in (("gen", "sl_data"), ("label", "pref_data")):
+    files = [f for f in os.listdir(os.path.join(four, phase, "records", name, "1.0.0"))
+             if ".array_record-" in f]
+    assert files == [f"{name}-train.array_record-00000-of-00001"], files
+  _, a = SavedModel.open(os.path.join(one, "pm", "model")).load()
+  _, b = SavedModel.open(os.path.join(four, "pm", "model")).load()
+  diff = max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(
+      np.asarray(x, np.float32) - np.asarray(y, np.float32)))), a, b)))
+  print(f"pm: max |one process - four processes| = {diff:.2e}")
+  assert diff < 1e-4
+  assert [r["step"] for r in read_jsonl(os.path.join(four, "pm", "metrics.jsonl"))] == [
+      r["step"] for r in read_jsonl(os.path.join(one, "pm", "metrics.jsonl"))]
+  assert sorted(f for f in os.listdir(four) if not f.endswith(".gin")) == [
+      "gen", "label", "pm"]   # no other phase, no lock left
