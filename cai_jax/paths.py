@@ -12,6 +12,7 @@ the old object or the new one), so the final name is written directly.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -33,13 +34,47 @@ def _epath(path: str):
   return epath.Path(path)
 
 
+# The URL roots relative paths are looked up in (innermost last): a pipeline whose root is
+# a URL cannot make it the cwd, so it makes it the first place a relative path is found.
+_ROOTS: list[str] = []
+
+
+@contextlib.contextmanager
+def relative_root(url: str):
+  """Within the block, a relative path that names something under ``url`` (a URL) means
+  that (``absolute('sft/model')`` -> ``url/sft/model``); other relative paths stay
+  relative to the cwd."""
+  if is_local(url):
+    raise ValueError(f"relative_root takes a URL, got {url!r} (chdir to a local folder)")
+  _ROOTS.append(url.rstrip("/"))
+  try:
+    yield
+  finally:
+    _ROOTS.pop()
+
+
 def absolute(path: str | os.PathLike) -> str:
   """A local path with ``~`` expanded, made absolute; a URL unchanged (trailing ``/``
-  dropped)."""
+  dropped). Inside ``relative_root(url)``, a relative path that exists under ``url`` is
+  joined to it."""
   path = os.fspath(path)
   if not is_local(path):
     return path.rstrip("/") if not path.endswith("://") else path
-  return os.path.abspath(os.path.expanduser(path))
+  path = os.path.expanduser(path)
+  if _ROOTS and not os.path.isabs(path):
+    candidate = join(_ROOTS[-1], path)
+    if exists(candidate):
+      return candidate
+  return os.path.abspath(path)
+
+
+def _at(path: str | os.PathLike) -> str:
+  """``path`` for reading: inside ``relative_root``, a relative path found under the root
+  is that URL."""
+  path = os.fspath(path)
+  if _ROOTS and is_local(path) and not os.path.isabs(path):
+    return absolute(path)
+  return path
 
 
 def join(path: str | os.PathLike, *parts: str) -> str:
@@ -81,14 +116,17 @@ def relpath(path: str, start: str) -> str:
 
 
 def exists(path: str) -> bool:
+  path = _at(path)
   return os.path.exists(path) if is_local(path) else _epath(path).exists()
 
 
 def isdir(path: str) -> bool:
+  path = _at(path)
   return os.path.isdir(path) if is_local(path) else _epath(path).is_dir()
 
 
 def isfile(path: str) -> bool:
+  path = _at(path)
   if is_local(path):
     return os.path.isfile(path)
   p = _epath(path)
@@ -96,6 +134,7 @@ def isfile(path: str) -> bool:
 
 
 def getsize(path: str) -> int:
+  path = _at(path)
   return os.path.getsize(path) if is_local(path) else _epath(path).stat().length
 
 
@@ -109,6 +148,7 @@ def makedirs(path: str) -> None:
 
 def listdir(path: str) -> list[str]:
   """Names in the folder ``path``."""
+  path = _at(path)
   if is_local(path):
     return os.listdir(path)
   return [posixpath.basename(str(p).rstrip("/")) for p in _epath(path).iterdir()]
@@ -116,6 +156,7 @@ def listdir(path: str) -> list[str]:
 
 def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
   """``os.walk`` (top-down; pruning ``dirs`` in place works) for both kinds of path."""
+  path = _at(path)
   if is_local(path):
     yield from os.walk(path)
     return
@@ -131,6 +172,7 @@ def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
 
 def glob(path: str, pattern: str) -> list[str]:
   """Paths in the folder ``path`` matching ``pattern`` (sorted)."""
+  path = _at(path)
   if is_local(path):
     import glob as glob_lib
     return sorted(glob_lib.glob(os.path.join(path, pattern)))
@@ -139,6 +181,7 @@ def glob(path: str, pattern: str) -> list[str]:
 
 def open(path: str, mode: str = "r") -> IO:   # pylint: disable=redefined-builtin
   """Opens a file (text modes in UTF-8)."""
+  path = _at(path) if "r" in mode else path
   if is_local(path):
     import builtins
     return builtins.open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))

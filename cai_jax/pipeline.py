@@ -16,10 +16,15 @@ output is intact. A phase whose configuration or upstream data changed since it 
 cleared and run again (``on_change='rerun'``, the default) or refused
 (``on_change='error'``). So an interrupted pipeline resumes where it stopped (programs
 are themselves resumable inside a phase), and an edited experiment reruns exactly the
-phases the edit affects. The experiment root is locked while the pipeline runs. Relative paths in the gin bindings
-are relative to the experiment root: the pipeline runs with the root as the current
-directory, so ``'data/corpus.jsonl'`` means the ``data`` phase's output (and the root
-must be a local folder, not a ``gs://`` URL).
+phases the edit affects. The experiment root is locked while the pipeline runs.
+
+Relative paths in the gin bindings are relative to the experiment root, so
+``'data/corpus.jsonl'`` means the ``data`` phase's output. A local root becomes the current
+directory while the pipeline runs. A URL root (``--workdir=gs://bucket/exp``) cannot: the
+phases' workdirs are ``gs://bucket/exp/<phase>`` and a relative path that names something
+under the root means that (``paths.relative_root``); other relative paths (a local model,
+a prompt file of the repository) are found from the cwd as usual. Programs that write
+through plain local files (the toy world's data phases) need a local root.
 """
 from __future__ import annotations
 
@@ -66,10 +71,6 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
   """
   if on_change not in ("rerun", "error"):
     raise ValueError(f"pipeline.on_change must be 'rerun' or 'error', got {on_change!r}")
-  if not paths.is_local(workdir):
-    raise ValueError(f"pipeline: a pipeline root must be local (phases use root-relative "
-                     f"paths), got {workdir!r}; run the phases' programs with gs:// workdirs "
-                     "one by one instead")
   root = paths.absolute(workdir)
   paths.makedirs(root)
   unknown = (set(only) | set(always_run)) - set(phases)
@@ -82,9 +83,10 @@ def pipeline(workdir: str, *, phases: Mapping[str, Callable] = gin.REQUIRED,
   # (programs split or share the work) and they pass a barrier after each phase, so
   # none reads a phase's outputs before process 0 has written them.
   lock = WorkdirLock(root, "pipeline") if processes.is_chief() else contextlib.nullcontext()
-  with _cwd(root), lock:
+  here = _cwd(root) if paths.is_local(root) else paths.relative_root(root)
+  with here, lock:
     for i, (name, program) in enumerate(phases.items()):
-      if os.sep in name or name.startswith("."):
+      if os.sep in name or "/" in name or name.startswith("."):
         raise ValueError(f"bad phase name {name!r}")
       if only and name not in only:
         continue

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Mapping, Sequence
 import gin
 import numpy as np
 
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.evaluation import plots
 from cai_jax.models.store import SavedModel
@@ -69,11 +69,11 @@ def command(experiment: str, run: dict, workdir: str, seed_binding: str,
 def read_metric(run_dir: str, spec: str):
   """One metric of a run (module docstring); None when its file or key is missing."""
   if spec.startswith("params:"):
-    path = os.path.join(run_dir, spec[len("params:"):])
+    path = paths.join(run_dir, spec[len("params:"):])
     return SavedModel.open(path).config.num_params() if SavedModel.exists(path) else None
   file, _, keys = spec.partition(":")
-  path = os.path.join(run_dir, file)
-  if not os.path.exists(path):
+  path = paths.join(run_dir, file)
+  if not paths.exists(path):
     return None
   value = workdir_lib.read_json(path)
   for key in keys.split(".") if keys else ():
@@ -181,9 +181,9 @@ def _sweep(workdir, experiment, axes, seeds, seed_binding, metrics, x_metric, x_
   """``sweep``'s work, under the sweep folder's lock."""
   runs = runs_of(axes, seeds)
   for r in runs:
-    r["workdir"] = os.path.join(workdir, r["name"])
+    r["workdir"] = paths.join(workdir, r["name"])
     r["command"] = command(experiment, r, r["workdir"], seed_binding, extra_gin)
-  workdir_lib.write_text(os.path.join(workdir, "commands.sh"), "#!/usr/bin/env bash\n" + "".join(
+  workdir_lib.write_text(paths.join(workdir, "commands.sh"), "#!/usr/bin/env bash\n" + "".join(
       " ".join(shlex.quote(c) for c in ["python"] + r["command"][1:]) + "\n" for r in runs))
   failed = []
   for k, r in enumerate(runs):
@@ -191,11 +191,11 @@ def _sweep(workdir, experiment, axes, seeds, seed_binding, metrics, x_metric, x_
       print(f"sweep: run {k + 1}/{len(runs)} {r['name']}", flush=True)
       if subprocess.run(r["command"], check=False).returncode != 0:
         failed.append(r["name"])
-    r["complete"] = os.path.exists(os.path.join(r["workdir"], workdir_lib.DONE_FILE))
+    r["complete"] = paths.exists(paths.join(r["workdir"], workdir_lib.DONE_FILE))
     r["metrics"] = {m: read_metric(r["workdir"], spec) for m, spec in metrics.items()}
   table, groups = summarize(runs, list(axes), list(metrics))
-  workdir_lib.write_text(os.path.join(workdir, "results.md"), table)
-  workdir_lib.write_json(os.path.join(workdir, "results.json"), {
+  workdir_lib.write_text(paths.join(workdir, "results.md"), table)
+  workdir_lib.write_json(paths.join(workdir, "results.json"), {
       "experiment": experiment, "axes": {a: list(v) for a, v in axes.items()},
       "seeds": list(seeds), "metrics": dict(metrics), "failed": failed,
       "runs": [{k: r[k] for k in ("name", "setting", "seed", "workdir", "complete", "metrics")}
@@ -206,9 +206,9 @@ def _sweep(workdir, experiment, axes, seeds, seed_binding, metrics, x_metric, x_
     panels = [p for p in trend_panels(groups, list(metrics), x_metric, x_axis, logx=logx)
               if p["series"]]
     if panels:
-      plots.trend_plot(os.path.join(workdir, "trends"), panels)
+      plots.trend_plot(paths.join(workdir, "trends"), panels)
   print("\n" + table, flush=True)
   if failed:
     raise RuntimeError(f"sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} "
                        f"(their logs are above; rerun the sweep to resume them)")
-  return os.path.join(workdir, "results.json")
+  return paths.join(workdir, "results.json")

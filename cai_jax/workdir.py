@@ -79,14 +79,16 @@ def read_json(path: str) -> Any:
 
 
 def resolve_input(path: str) -> str:
-  """An input file or folder: ``~`` expanded; a relative path is looked up from the cwd,
-  then from the repository root (so ``'prompts/red_team.jsonl'`` works from a pipeline's
-  experiment folder). A path found nowhere is returned absolute, for its reader to
-  report. A URL (``gs://...``) is returned as it is."""
+  """An input file or folder: ``~`` expanded; a relative path is looked up under a URL
+  pipeline root (``paths.relative_root``), then from the cwd, then from the repository
+  root (so ``'prompts/red_team.jsonl'`` works from a pipeline's experiment folder). A path
+  found nowhere is returned absolute, for its reader to report. A URL (``gs://...``) is
+  returned as it is."""
   path = os.path.expanduser(os.fspath(path))
   if not paths.is_local(path):
     return paths.absolute(path)
-  if os.path.exists(path) or os.path.isabs(path):
-    return os.path.abspath(path)
+  found = paths.absolute(path)
+  if not paths.is_local(found) or os.path.exists(path) or os.path.isabs(path):
+    return found
   candidate = os.path.join(REPO_ROOT, path)
   return candidate if os.path.exists(candidate) else os.path.abspath(path)

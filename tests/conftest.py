@@ -118,3 +118,10 @@ def _tensorboard_texts(logdir, tag):
 def tensorboard_texts():
   """``tensorboard_texts(logdir, tag)``: see ``_tensorboard_texts``."""
   return _tensorboard_texts
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+  """An offline ``gs://`` store (``tests/bucket_store.py``); the cwd is an empty folder."""
+  from bucket_store import make_bucket  # pylint: disable=import-outside-toplevel
+  return make_bucket(tmp_path, monkeypatch)

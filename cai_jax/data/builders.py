@@ -175,8 +175,8 @@ def write_records(name: str, examples: Splits | Iterable[Mapping[str, Any]],
   digest = content_hash(splits)
   meta = make_metadata(name, version, digest, sources, provenance)
   cls = _records_class(name, str(tfds.core.Version(version)))
-  return build_or_reuse(lambda: cls(splits=splits, features=features, metadata=meta,
-                                    data_dir=os.fspath(data_dir)), digest, overwrite=overwrite)
+  return build_or_reuse(lambda d: cls(splits=splits, features=features, metadata=meta,
+                                     data_dir=d), data_dir, digest, overwrite=overwrite)
 
 
 class _JsonlBuilder(_ListBuilder, skip_registration=True):
@@ -228,8 +228,8 @@ def _build_jsonl(cls: type[_JsonlBuilder], jsonl: str | Mapping[str, str], data_
     if not paths.isfile(path):
       raise FileNotFoundError(f"no JSONL file at {path!r}")
   digest = files_hash(sources)
-  make = lambda: cls(sources=sources, provenance=provenance, data_dir=os.fspath(data_dir))
-  return build_or_reuse(make, digest, overwrite=overwrite)
+  make = lambda d: cls(sources=sources, provenance=provenance, data_dir=d)
+  return build_or_reuse(make, data_dir, digest, overwrite=overwrite)
 
 
 def build_red_team_prompts(jsonl: str | Mapping[str, str], data_dir: str, *,

@@ -32,7 +32,6 @@ import bisect
 import datetime
 import functools
 import json
-import os
 import re
 from typing import Any, Mapping, Sequence
 
@@ -41,6 +40,7 @@ import jinja2.ext
 import jinja2.sandbox
 import tokenizers
 
+from cai_jax import paths
 from cai_jax.data.dialogue import MODEL_ROLES, ROLES, Turn
 from cai_jax.data.tokenizer import DialogueTokenizer, EncodedDialogue
 
@@ -52,11 +52,11 @@ _MARK, _MARK_RE = "\ue000{}\ue001", re.compile("\ue000(\\d+)\ue001")  # private-
 
 def _read_json(folder: str, name: str) -> dict[str, Any]:
   """A folder's JSON file as a dict; ``{}`` if the file is missing."""
-  path = os.path.join(folder, name)
-  if not os.path.isfile(path):
+  path = paths.join(folder, name)
+  if not paths.isfile(path):
     return {}
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path) as f:
       data = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON: {e}") from e
@@ -81,10 +81,9 @@ def _id_list(value: Any) -> list[int]:
 
 def _template_source(folder: str, config: Mapping[str, Any]) -> str | None:
   """The folder's default chat template, or None."""
-  path = os.path.join(folder, "chat_template.jinja")
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      return f.read()
+  path = paths.join(folder, "chat_template.jinja")
+  if paths.isfile(path):
+    return paths.read_text(path)
   template = config.get("chat_template")
   if isinstance(template, (list, tuple)):
     named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -273,12 +272,12 @@ class HFTokenizer(DialogueTokenizer):
       FileNotFoundError: if ``folder`` is not a folder or has no ``tokenizer.json``.
       ValueError: on unreadable configs or inconsistent special tokens.
     """
-    folder = os.path.abspath(os.fspath(folder))
-    if not os.path.isdir(folder):
+    folder = paths.absolute(folder)   # local or a URL (gs://...)
+    if not paths.isdir(folder):
       raise FileNotFoundError(f"no Hugging Face tokenizer folder at {folder!r}")
-    if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    if not paths.isfile(paths.join(folder, "tokenizer.json")):
       spm_hint = (" (it has tokenizer.model: pass that file's path to load it as a sentencepiece "
-                  "model)" if os.path.isfile(os.path.join(folder, "tokenizer.model")) else "")
+                  "model)" if paths.isfile(paths.join(folder, "tokenizer.model")) else "")
       raise FileNotFoundError(
           f"{folder!r} has no tokenizer.json: expected a Hugging Face tokenizer folder "
           f"(tokenizer.json, tokenizer_config.json, ...) or a sentencepiece .model "
@@ -294,7 +293,7 @@ class HFTokenizer(DialogueTokenizer):
     first = {key: next(iter(_id_list(ids.get(key))), None)
              for key in ("bos_token_id", "pad_token_id")}
     try:
-      tok = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+      tok = tokenizers.Tokenizer.from_str(paths.read_text(paths.join(folder, "tokenizer.json")))
     except Exception as e:  # the Rust side raises plain Exceptions
       raise ValueError(f"cannot read {folder}/tokenizer.json: {e}") from e
     return cls(tok, path=folder, special_tokens=specials, bos_id=first["bos_token_id"],

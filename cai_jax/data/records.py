@@ -13,6 +13,14 @@ A record set is a TFDS data set in ArrayRecord files at ``{data_dir}/{name}/{ver
 Building is idempotent: a complete set with the same content hash is reused; one with a
 different hash is an error unless ``overwrite=True`` (bump the version to keep both).
 Everything reads without TensorFlow (``tfds.builder_from_directory`` + ``as_data_source``).
+
+A ``data_dir`` may be a URL (``gs://bucket/run/records``). ArrayRecord reads and writes
+local files, so a set for a bucket is built in a local staging folder and uploaded file by
+file with ``dataset_info.json`` last (a set counts as complete only once that file is
+there, so a killed upload is never read); a set in a bucket is read from a local copy,
+downloaded once into ``$CAI_JAX_RECORDS_CACHE`` (default ``~/.cache/cai_jax/records``)
+under a key of its URL and its ``dataset_info.json``/``metadata.json`` (a rebuilt set
+gets a fresh copy).
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -115,14 +125,15 @@ def dataset_dir(data_dir: str, name: str, version: str | None = None) -> str:
   Raises:
     FileNotFoundError: if no complete set (or not that version) exists.
   """
-  versions = _versions(os.fspath(data_dir), name)
+  data_dir = path_lib.absolute(data_dir)   # a relative one may be under a URL root
+  versions = _versions(data_dir, name)
   if version is None and versions:
     version = versions[-1]
   if version is None or str(version) not in versions:
     raise FileNotFoundError(
         f"no record set {name!r} (version {version or 'any'}) under {data_dir!r}; "
         f"complete versions there: {versions or 'none'}")
-  return path_lib.join(os.fspath(data_dir), name, str(version))
+  return path_lib.join(data_dir, name, str(version))
 
 
 def read_metadata(data_dir: str, name: str, version: str | None = None) -> dict[str, Any]:
@@ -149,19 +160,24 @@ def read_records(data_dir: str, name: str, *, version: str | None = None,
     One data source (``len``, ``[i]``, ``__getitems__``; text comes back as bytes) or
     ``{split: data source}``.
   """
-  builder = tfds.builder_from_directory(dataset_dir(data_dir, name, version))
+  folder = dataset_dir(data_dir, name, version)
+  if not path_lib.is_local(folder):
+    folder = local_copy(folder)
+  builder = tfds.builder_from_directory(folder)
   if split is not None:
     return builder.as_data_source(split=split)
   return builder.as_data_source()
 
 
-def build_or_reuse(make_builder: Callable[[], tfds.core.DatasetBuilder], digest: str, *,
-                   overwrite: bool = False) -> dict[str, DataSource]:
+def build_or_reuse(make_builder: Callable[[str], tfds.core.DatasetBuilder], data_dir: str,
+                   digest: str, *, overwrite: bool = False) -> dict[str, DataSource]:
   """Builds a record set unless an identical one (same content hash) is complete.
 
   Args:
-    make_builder: returns a fresh builder (``file_format='array_record'``) whose
-      ``info.metadata`` will hold ``content_hash == digest``.
+    make_builder: ``make_builder(data_dir)`` returns a fresh builder
+      (``file_format='array_record'``) writing under ``data_dir``, whose ``info.metadata``
+      will hold ``content_hash == digest``.
+    data_dir: the folder of record sets (local or a URL; module docstring).
     digest: content hash of what the builder would write.
     overwrite: replace a complete set whose content hash differs.
 
@@ -171,36 +187,110 @@ def build_or_reuse(make_builder: Callable[[], tfds.core.DatasetBuilder], digest:
   Raises:
     ValueError: if a complete set with different content exists and not ``overwrite``.
   """
-  builder = make_builder()
-  path = os.fspath(builder.data_dir)
+  data_dir = os.fspath(data_dir)
+  if path_lib.is_local(data_dir):
+    builder = make_builder(data_dir)
+    path = os.fspath(builder.data_dir)
+  else:   # the set's folder under the URL, named as TFDS names it locally
+    with tempfile.TemporaryDirectory(prefix="cai_jax_names_") as tmp:
+      path = path_lib.join(data_dir, os.path.relpath(os.fspath(make_builder(tmp).data_dir),
+                                                     tmp))
   if jax.process_index() != 0:   # in a multi-process job, process 0 builds the set
-    return _wait_for_set(make_builder, digest, path)
+    return _wait_for_set(path, digest)
   if path_lib.isfile(path_lib.join(path, "dataset_info.json")):
-    old = dict(builder.info.metadata or {}).get("content_hash")
+    old = _content_hash(path)
     if old == digest:
       _log.info("record set %s is up to date (content %s); reusing it", path, digest[:12])
-      return builder.as_data_source()
+      return _open(path)
     if not overwrite:
       raise ValueError(
           f"record set {path} exists with different content (hash {str(old)[:12]}, new "
           f"{digest[:12]}); bump the version or pass overwrite=True to replace it")
     _log.warning("replacing record set %s (content %s -> %s)", path, str(old)[:12], digest[:12])
     path_lib.rmtree(path)
-    builder = make_builder()
-  builder.download_and_prepare()
-  return builder.as_data_source()
+  if path_lib.is_local(data_dir):
+    make_builder(data_dir).download_and_prepare()
+  else:
+    _build_and_upload(make_builder, path)
+  return _open(path)
 
 
-def _wait_for_set(make_builder: Callable[[], tfds.core.DatasetBuilder], digest: str,
-                  path: str, timeout_s: float = 6 * 3600) -> dict[str, DataSource]:
-  """The set that process 0 builds (with content ``digest``), once it is complete. If
-  process 0 dies, JAX's coordination service ends this process too."""
+def _content_hash(path: str) -> str | None:
+  meta = path_lib.join(path, "metadata.json")
+  if not path_lib.isfile(meta):
+    return None
+  with path_lib.open(meta) as f:
+    return json.load(f).get("content_hash")
+
+
+def _open(path: str) -> dict[str, DataSource]:
+  """``{split: data source}`` of the complete set in ``path`` (local or a URL)."""
+  return tfds.builder_from_directory(path if path_lib.is_local(path)
+                                     else local_copy(path)).as_data_source()
+
+
+def _build_and_upload(make_builder: Callable[[str], tfds.core.DatasetBuilder],
+                      target: str) -> None:
+  """Builds a set in a local staging folder and uploads it to ``target`` (a URL),
+  ``dataset_info.json`` last; the staged copy becomes the local cache of the set."""
+  staging = tempfile.mkdtemp(prefix="cai_jax_records_")
+  try:
+    builder = make_builder(staging)
+    builder.download_and_prepare()
+    local = os.fspath(builder.data_dir)
+    names = sorted(os.listdir(local), key=lambda n: n == "dataset_info.json")
+    path_lib.makedirs(target)
+    for name in names:   # flat folder (TFDS writes no subfolders in a set)
+      path_lib.copy(os.path.join(local, name), path_lib.join(target, name))
+    _log.info("record set built locally and uploaded to %s", target)
+    cached = _cache_dir(target)
+    if not os.path.isdir(cached):
+      os.makedirs(os.path.dirname(cached), exist_ok=True)
+      os.replace(local, cached)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cache_dir(url: str) -> str:
+  root = os.environ.get("CAI_JAX_RECORDS_CACHE") or os.path.expanduser(
+      "~/.cache/cai_jax/records")
+  h = hashlib.sha256(url.encode())
+  for name in ("dataset_info.json", "metadata.json"):
+    if path_lib.isfile(path_lib.join(url, name)):
+      h.update(path_lib.read_bytes(path_lib.join(url, name)))
+  return os.path.join(root, h.hexdigest()[:24], path_lib.basename(url))
+
+
+def local_copy(url: str) -> str:
+  """A local copy of the complete record set at ``url`` (downloaded on first use)."""
+  cached = _cache_dir(url)
+  if os.path.isfile(os.path.join(cached, "dataset_info.json")):
+    return cached
+  tmp = path_lib.temp_name(cached)
+  os.makedirs(tmp)
+  try:
+    for name in path_lib.listdir(url):
+      path_lib.copy(path_lib.join(url, name), os.path.join(tmp, name))
+    try:
+      os.replace(tmp, cached)
+    except OSError:   # another process put the same copy there first
+      if not os.path.isfile(os.path.join(cached, "dataset_info.json")):
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  _log.info("record set %s copied to %s", url, cached)
+  return cached
+
+
+def _wait_for_set(path: str, digest: str, timeout_s: float = 6 * 3600
+                  ) -> dict[str, DataSource]:
+  """The set that process 0 builds in ``path`` (with content ``digest``), once it is
+  complete. If process 0 dies, JAX's coordination service ends this process too."""
   deadline, said = time.monotonic() + timeout_s, False
   while time.monotonic() < deadline:
-    if path_lib.isfile(path_lib.join(path, "dataset_info.json")):
-      builder = make_builder()
-      if dict(builder.info.metadata or {}).get("content_hash") == digest:
-        return builder.as_data_source()
+    if (path_lib.isfile(path_lib.join(path, "dataset_info.json"))
+        and _content_hash(path) == digest):
+      return _open(path)
     if not said:
       _log.info("waiting for process 0 to build the record set %s", path)
       said = True
@@ -230,6 +320,7 @@ def read_rows(path: str, name: str, split: str | None = None) -> list[dict[str, 
     name: the set's name (to find it inside a workdir).
     split: one split; None: all splits, concatenated in name order.
   """
+  path = path_lib.absolute(path)
   if path_lib.isdir(path_lib.join(path, "records", name)):
     path = path_lib.join(path, "records", name)
   data_dir, base = path_lib.split(path)

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
+from cai_jax import paths
 from cai_jax.data.dialogue import MODEL_ROLES, ROLES, Turn
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -66,15 +67,17 @@ class DialogueTokenizer:
     Raises:
       FileNotFoundError: if ``path`` does not exist, or is a folder without ``tokenizer.json``.
     """
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path) or os.path.basename(path) == "tokenizer.json":
+    path = paths.absolute(path)   # local or a URL (gs://...)
+    if paths.isdir(path) or paths.basename(path) == "tokenizer.json":
       # imported here: sentencepiece users need neither `tokenizers` nor jinja2
       from cai_jax.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
-      folder = path if os.path.isdir(path) else os.path.dirname(path)
+      folder = path if paths.isdir(path) else paths.dirname(path)
       return hf_tokenizer.HFTokenizer.from_folder(folder)
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise FileNotFoundError(f"no sentencepiece model (a .model file) or Hugging Face tokenizer "
                               f"folder (with tokenizer.json) at {path!r}")
+    if not paths.is_local(path):
+      return Tokenizer(spm.SentencePieceProcessor(model_proto=paths.read_bytes(path)), path)
     return Tokenizer(spm.SentencePieceProcessor(model_file=path), path)
 
   @property

@@ -1,8 +1,8 @@
 """Figures of the reports, drawn with matplotlib (Agg, no pyplot state).
 
 Every public function draws one figure and saves it twice, as ``stem + ".png"`` (for
-Markdown pages) and ``stem + ".svg"`` (vector, for papers), each written atomically (a
-temporary file in the same folder, then ``os.replace``); it returns ``[png, svg]``. The
+Markdown pages) and ``stem + ".svg"`` (vector, for papers), each written atomically
+(``paths.write_atomic``; ``stem`` may be a ``gs://`` URL); it returns ``[png, svg]``. The
 parent folder is created when missing. Points that are not finite (nan, inf) are left
 out, never an error.
 
@@ -20,6 +20,7 @@ and saves it with ``_save``.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,6 +29,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from cai_jax import paths as path_lib
 
 FORMATS = ("png", "svg")
 PATH_GID = "path"            # gid of the lines joining checkpoints in ``pareto_plot``
@@ -60,25 +63,17 @@ def _finite(*values: Any) -> bool:
 
 
 def _save(fig: Figure, stem: str) -> list[str]:
-  """Writes ``fig`` as ``stem.png`` and ``stem.svg`` atomically; returns both paths."""
+  """Writes ``fig`` as ``stem.png`` and ``stem.svg`` all-or-nothing (``paths.write_atomic``;
+  ``stem`` may be a URL); returns both paths."""
   stem = os.fspath(stem)
-  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
   FigureCanvasAgg(fig)
-  paths = []
+  out = []
   for fmt in FORMATS:
-    path = f"{stem}.{fmt}"
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-      with open(tmp, "wb") as f:
-        fig.savefig(f, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    paths.append(path)
-  return paths
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
+    path_lib.write_atomic(f"{stem}.{fmt}", buf.getvalue())
+    out.append(f"{stem}.{fmt}")
+  return out
 
 
 def _stack(n: int, *, height: float = 2.8, width: float = 8.0) -> tuple[Figure, list]:

@@ -17,8 +17,6 @@ import dataclasses
 import inspect
 import logging
 import math
-import os
-import shutil
 from typing import Any, Callable, Iterator, Mapping
 
 import gin
@@ -27,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cai_jax import models
+from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.models.api import Kind
 from cai_jax.models.config import REMAT
@@ -47,7 +46,7 @@ BEST_FILE = "best.json"
 
 def model_dir(workdir: str) -> str:
   """Where a trainer saves its final model."""
-  return os.path.join(workdir, MODEL_DIR)
+  return paths.join(workdir, MODEL_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,28 +200,28 @@ def keep_if_best(workdir: str, step: int, metric: str, value: float, params: Any
   ``value`` is lower than the best so far (then the previous best folder goes); returns
   whether it did. ``best.json`` is written after the folder is complete, so a killed run
   never points at a half-written model."""
-  path = os.path.join(workdir, BEST_FILE)
-  best = workdir_lib.read_json(path) if os.path.exists(path) else None
+  path = paths.join(workdir, BEST_FILE)
+  best = workdir_lib.read_json(path) if paths.exists(path) else None
   if not math.isfinite(value) or (best is not None and (
       step <= best["step"] or not value < best["value"])):
     return False
   folder = f"best_step{step}"
-  save_model(os.path.join(workdir, folder), params, init.config, kind=init.kind,
+  save_model(paths.join(workdir, folder), params, init.config, kind=init.kind,
              info={"step": step, metric: value})
   workdir_lib.write_json(path, {"metric": metric, "step": step, "value": value,
                                 "model": folder})
   if best is not None and best["model"] != folder and jax.process_index() == 0:
-    shutil.rmtree(os.path.join(workdir, best["model"]), ignore_errors=True)
+    paths.rmtree(paths.join(workdir, best["model"]), missing_ok=True)
   return True
 
 
 def selected_params(workdir: str, program: str, select: str, mesh: Mesh, init: ModelInit,
                     num_steps: int) -> tuple[Any, dict]:
   """The parameters ``keep_if_best`` kept, and the saved model's info entries naming them."""
-  if not os.path.exists(os.path.join(workdir, BEST_FILE)):
+  if not paths.exists(paths.join(workdir, BEST_FILE)):
     raise RuntimeError(f"{program}: select={select!r}: no evaluation gave a finite value")
-  best = workdir_lib.read_json(os.path.join(workdir, BEST_FILE))
-  params = SavedModel.open(os.path.join(workdir, best["model"])).load(
+  best = workdir_lib.read_json(paths.join(workdir, BEST_FILE))
+  params = SavedModel.open(paths.join(workdir, best["model"])).load(
       mesh=mesh, kind=init.kind)[1]
   _log.info("%s: keeping step %d (%s %.4f) of %d", program, best["step"], select,
             best["value"], num_steps)
@@ -270,7 +269,7 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
   _log.info("%s: %s parameters (%s)", program, f"{models.count_params(abstract_params):,}",
             f"from {init.source}" if init.source else "from scratch")
   tx, lr_schedule = optimizer(total_steps=schedule.num_steps)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = Checkpointer(paths.join(workdir, "checkpoints"),
                       max_to_keep=schedule.keep_checkpoints)
   layout = state_layout(mesh, abstract_params,
                         models.param_shardings(init.config, mesh, init.kind), tx)
@@ -298,8 +297,8 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
       writer.write(resumed, m)
       evaluated(resumed, m)
     elif select is not None and resumed and resumed % stretch == 0:   # killed while keeping
-      best = workdir_lib.read_json(os.path.join(workdir, BEST_FILE)) if os.path.exists(
-          os.path.join(workdir, BEST_FILE)) else None
+      best = workdir_lib.read_json(paths.join(workdir, BEST_FILE)) if paths.exists(
+          paths.join(workdir, BEST_FILE)) else None
       if best is None or best["step"] < resumed:
         evaluated(resumed, evaluate(state.params))
     while (start := int(jax.device_get(state.step))) < schedule.num_steps:
@@ -327,7 +326,7 @@ def fit(workdir: str, *, program: str, mesh: Mesh, init: ModelInit,
       "program": program, "init_from": init.source, "num_steps": schedule.num_steps,
       **chosen, **info})
   if hf_export:
-    export_hf(params, init.config, os.path.join(workdir, HF_DIR),
+    export_hf(params, init.config, paths.join(workdir, HF_DIR),
               tokenizer_path=info.get("tokenizer_path"))
   workdir_lib.mark_done(workdir, f"step {schedule.num_steps}\n")
   return out
