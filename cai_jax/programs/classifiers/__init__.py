@@ -1,0 +1,1 @@
+"""Constitutional classifiers: ``train_classifier`` (input, output and exchange)."""
