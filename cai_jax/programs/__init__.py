@@ -8,8 +8,9 @@
   SL-CAI revision win rate; for real models, where there is no oracle), ``pairwise_eval``
   (pairwise comparisons by a judge, harmlessness and helpfulness Elo with bootstrap
   intervals, the Pareto plot); both answer through ``cai_jax.evaluation.answers``.
-* ``classifiers``: ``train_classifier`` (constitutional classifiers: input, output and
-  exchange harm classifiers on a scalar head).
+* ``classifiers``: ``classifier_data`` (synthetic requests and answers from a
+  constitution, in jailbreak shapes) and ``train_classifier`` (constitutional classifiers:
+  input, output and exchange harm classifiers on a scalar head).
 
 Programs wire the library layers (models, data, sampling, losses, train, rl); no program
 module imports another. ``cai_jax.gin_setup.register`` imports them all.

@@ -83,3 +83,37 @@ def test_what_each_kind_scores(words_tokenizer):
   assert out_mask[-1] == ex_mask[-1] == 1 and len(scored(out_ids, out_mask)) >= len(
       tok.encode(answer))                                  # every response token scored
   assert out_ids == tok.encode_dialogue([Turn(ASSISTANT, answer)]).ids
+
+
+def test_synthetic_data_from_a_constitution_trains_a_classifier(random_lm, tmp_path):
+  """``classifier_data`` with the tiny random LM (its text is noise; the structure is what
+  is checked): every principle x area x request x transform, two answers per harmful
+  request and one per harmless one, held-out cells only in the eval files; the files load
+  in ``train_classifier``."""
+  from cai_jax.constitution import load_constitution  # pylint: disable=import-outside-toplevel
+  from cai_jax.programs.classifiers.data import classifier_data  # pylint: disable=import-outside-toplevel
+  const = load_constitution("constitutions/toy.json")
+  n_p = len(const.critique_principles)
+  wd = str(tmp_path / "data")
+  classifier_data(wd, model=random_lm, constitution_path="constitutions/toy.json",
+                  harm_areas=("locks", "poison"), requests_per_cell=1,
+                  transforms=("none", "split_turns"), eval_fraction=0.25, max_new_tokens=4,
+                  batch_size=32, mesh_shape=(2, 1, 1))
+  summary = workdir_lib.read_json(f"{wd}/summary.json")
+  rows = {f"{n}.{s}": [json.loads(x) for x in open(f"{wd}/{n}.{s}.jsonl")]
+          for n in ("inputs", "exchanges") for s in ("train", "eval")}
+  empty = summary["empty_requests"]
+  assert len(rows["inputs.train"]) + len(rows["inputs.eval"]) == 2 * (n_p * 2 * 2 - empty)
+  held = {tuple(c.split("/")) for c in summary["held_out_cells"]}
+  assert len(held) == round(0.25 * n_p * 2)
+  assert all((r["principle"], r["area"]) in held for r in rows["inputs.eval"])
+  assert not any((r["principle"], r["area"]) in held for r in rows["inputs.train"])
+  ex = rows["exchanges.train"] + rows["exchanges.eval"]
+  # a harmful request gives a compliant answer (label 1) and a refusal (label 0)
+  assert {r["label"] for r in ex} <= {0, 1} and all(r["response"] for r in ex)
+  assert {r["transform"] for r in ex} == {"none", "split_turns"}
+  assert summary["rows"]["exchanges.train"] == len(rows["exchanges.train"])
+  out = train_classifier(str(tmp_path / "clf"), train_data=f"{wd}/exchanges.train.jsonl",
+                         init_model=random_lm, kind="output", seq_len=32, batch_size=4,
+                         num_steps=2, log_every=1, ckpt_every=2, mesh_shape=(2, 1, 1))
+  assert SavedModel.open(out).info["classifier"] == "output"
