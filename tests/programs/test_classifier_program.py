@@ -82,7 +82,8 @@ def test_what_each_kind_scores(words_tokenizer):
   assert not any(out_ids[k:k + len(request)] == request for k in range(len(out_ids)))
   assert out_mask[-1] == ex_mask[-1] == 1 and len(scored(out_ids, out_mask)) >= len(
       tok.encode(answer))                                  # every response token scored
-  assert out_ids == tok.encode_dialogue([Turn(ASSISTANT, answer)]).ids
+  full = tok.encode_dialogue([Turn(ASSISTANT, answer)]).ids   # header + response
+  assert full[len(full) - len(out_ids):] == out_ids and all(out_mask)   # response only
 
 
 def test_synthetic_data_from_a_constitution_trains_a_classifier(random_lm, tmp_path):

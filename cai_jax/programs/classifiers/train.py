@@ -5,9 +5,11 @@ classifier (2026):
 
 * ``input``: the request alone (the conversation up to its last Human turn), scored at
   its last token, before anything is generated;
-* ``output``: the response alone, as an Assistant turn, scored at every token (a guard
-  reads it while the response streams);
-* ``exchange``: the request followed by the response, scored at every response token.
+* ``output``: the response's own tokens alone (no turn header: what a guard sees as the
+  policy generates them, ``cai_jax.classifiers.GuardedSampler(mode="output")``), scored
+  at every token;
+* ``exchange``: the request followed by the response, scored at every response token
+  (``GuardedSampler(mode="exchange")`` starts the classifier's cache from the prompt).
 
 Data: JSONL rows ``{"prompt": str}`` or ``{"text": HH dialogue ending with a Human turn}``,
 ``"response": str`` (required by ``output`` and ``exchange``), ``"label"``: 1 harmful,
@@ -75,7 +77,11 @@ def encode(tokenizer: Tokenizer, kind: str, prompt: Sequence[Turn], response: st
   context = list(prompt) if kind == "exchange" else []
   n_context = len(tokenizer.encode_dialogue(context).ids) if context else 0
   enc = tokenizer.encode_dialogue(context + [Turn(ASSISTANT, response)])
-  return enc.ids, [0] * n_context + list(enc.loss_mask[n_context:])
+  ids, mask = list(enc.ids), [0] * n_context + list(enc.loss_mask[n_context:])
+  if kind == "output":   # the response's own tokens only, as a guard streams them
+    first = mask.index(1) if 1 in mask else len(ids)
+    ids, mask = ids[first:], mask[first:]
+  return ids, mask
 
 
 @dataclasses.dataclass(frozen=True)
