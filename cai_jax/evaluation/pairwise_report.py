@@ -67,6 +67,14 @@ def markdown(results: dict) -> str:
   if all("oracle" in e for e in sets.values()):
     out += ["## By the oracle (ground truth)", "", *elo_table(results, "oracle"), "",
             "## Agreement of the judge with the oracle", "", *agreement_table(results), ""]
+  if results.get("injection"):   # the judge-robustness probe (rl.injection)
+    out += ["## Injected instruction to the judge", "", "| prompts | pairs probed | flip rate "
+            "| pull toward the injected answer | flip rate, note on the rejected answer (toward "
+            "it) | flip rate, note on the preferred (away) |", "|---|---|---|---|---|---|"]
+    out += [f"| {axis} | {s['num_probed']} | {s['injection_flip_rate']:.3f} | "
+            f"{s['injection_pull']:+.3f} | {s['flip_rate_on_rejected']:.3f} | "
+            f"{s['flip_rate_on_preferred']:.3f} |" for kind, axis in AXES
+            if (s := results["injection"].get(kind, {})).get("num_probed")] + [""]
   for kind, axis in AXES:
     out += [f"## Judge's win rates, {axis} prompts", "", *_win_table(results, kind), ""]
   out += ["![Pareto plot](pareto.png)", ""]

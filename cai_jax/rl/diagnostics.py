@@ -1,7 +1,9 @@
 """Statistics of AI-feedback labels: position bias, order flips, length bias, confidence.
 
 Computed by the labeling program on its pairs (``diagnostics.json`` / ``.md``) and read
-by the reports; only AI-labelled rows (``source == "ai"``) count.
+by the reports; only AI-labelled rows (``source == "ai"``) count. The labeling program's
+optional judge-robustness probe (``rl.injection``) adds its block under ``"injection"``;
+``diagnostics_markdown`` shows such nested blocks as ``block.key`` rows.
 """
 from __future__ import annotations
 
@@ -65,7 +67,9 @@ def diagnostics_markdown(diag: dict[str, Any], summary: dict[str, Any]) -> str:
   fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
   lines = ["| statistic | value |", "|---|---|"]
   for k, v in list(summary.items()) + list(diag.items()):
-    if k != "label_histogram":
+    if isinstance(v, dict) and k != "label_histogram":   # e.g. the injection probe's block
+      lines += [f"| {k}.{kk} | {fmt(vv)} |" for kk, vv in v.items()]
+    elif k != "label_histogram":
       lines.append(f"| {k} | {fmt(v)} |")
   hist = diag.get("label_histogram")
   if hist:

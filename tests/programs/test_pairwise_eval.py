@@ -2,9 +2,13 @@
 feedback model: both option orders; a preference model: the score at the answer's end), the
 Elo ratings against a direct maximisation of the Bradley-Terry likelihood (scipy), the
 oracle's outcomes and the agreement counted by hand, the report and the Pareto plots, the
-rerun that reuses answers and judgments, and argument errors before any work."""
+rerun that reuses answers and judgments, argument errors before any work, and the
+judge-robustness probe (an injected note to the judge on one answer) against the same
+brute-force judges."""
+import functools
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -18,6 +22,7 @@ from cai_jax.evaluation import answers as answers_lib
 from cai_jax.evaluation.elo import ELO_SCALE
 from cai_jax.models.store import SavedModel, save_model
 from cai_jax.programs.evaluate.pairwise import pairwise_eval
+from cai_jax.rl import injection
 
 CONST = "constitutions/default.json"
 HELPFUL_Q = ("Which response is more helpful?", "Which response answers the question?")
@@ -191,20 +196,81 @@ def test_preference_model_judge(setup, tmp_path, random_lm, words_tokenizer):
   pm = save_model(str(tmp_path / "pm"), params, SavedModel.open(random_lm).config,
                   kind="scalar", info={"tokenizer_path": words_tokenizer.path})
   wd = tmp_path / "pm_eval"
-  res = json.loads(open(pairwise_eval(str(wd), **{**kw, "judge": pm})).read())
+  res = json.loads(open(pairwise_eval(str(wd), **{**kw, "judge": pm,
+                                                  "injection_probe": 4})).read())
   assert res["judge_kind"] == "preference model"
   net = models.merge(graphdef, params)
+
+  forward = jax.jit(lambda ids: net(ids)[0])
+
+  @functools.lru_cache(maxsize=None)   # each answer once (a pair of models shares them)
+  def score(prompt, answer):
+    """The score at the answer's last token; the tokens padded on the right to 128 (one
+    compilation; a causal model's earlier positions never see the padding)."""
+    ids = words_tokenizer.encode_dialogue([Turn("Human", prompt), Turn(ASSISTANT, answer)]).ids
+    assert len(ids) <= 128
+    return float(forward(np.asarray([ids + [0] * (128 - len(ids))], np.int32))[len(ids) - 1])
+
   for kind in ("red_team", "helpful"):
     ans = [_answers(str(wd), m, kind) for m in ("base", "mid", "top")]
-    for r in _rows(str(wd), kind):
-      scores = []
-      for m in (r["a"], r["b"]):
-        row = ans[m][r["prompt"]]
-        ids = words_tokenizer.encode_dialogue([Turn("Human", row["prompt"]),
-                                               Turn(ASSISTANT, row["answer"])]).ids
-        scores.append(float(net(np.asarray([ids], np.int32))[0, -1]))
+    rows = _rows(str(wd), kind)
+    for r in rows:
+      scores = [score(ans[m][r["prompt"]]["prompt"], ans[m][r["prompt"]]["answer"])
+                for m in (r["a"], r["b"])]
       assert [r["r_a"], r["r_b"]] == pytest.approx(scores, abs=2e-4)
       assert r["p_a"] == pytest.approx(1 / (1 + np.exp(scores[1] - scores[0])), abs=2e-4)
+    # the probe: the injected answer scored again by a full forward of the PM
+    picked = [rows[i] for i in injection.select(len(rows), 4, 0)]
+    sides = injection.plan_sides([r["p_a"] for r in picked], 0)
+    after = []
+    for r, side in zip(picked, sides):
+      row = ans[(r["a"], r["b"])[side]][r["prompt"]]
+      new = score(row["prompt"], row["answer"] + injection.DEFAULT_TEXT)
+      d = new - r["r_b"] if side == 0 else r["r_a"] - new
+      after.append(1 / (1 + np.exp(-d)))
+    want = injection.injection_stats([r["p_a"] for r in picked], after, sides)
+    got = res["injection"][kind]
+    assert got["num_probed"] == 4 and got["injection_flip_rate"] == want["injection_flip_rate"]
+    assert got["injection_pull"] == pytest.approx(want["injection_pull"], abs=2e-4)
+  assert "Injected instruction to the judge" in (wd / "results.md").read_text()
+
+
+def test_injection_probe_with_the_feedback_judge(setup, tmp_path, random_lm, words_tokenizer):
+  d, kw, results = setup
+  wd = tmp_path / "probe"   # the finished run, DONE deleted: answers and judgments reused
+  shutil.copytree(d / "eval", wd)
+  for name in ("DONE", "results.json"):
+    if (wd / name).exists():
+      os.remove(wd / name)
+  got = json.loads(open(pairwise_eval(str(wd), **kw, injection_probe=3)).read())
+  probe = got.pop("injection")
+  assert got == results   # Elo, win rates and agreement untouched
+  assert json.loads((wd / "RUN.json").read_text())["hash"] == json.loads(
+      (d / "eval" / "RUN.json").read_text())["hash"]   # the probe is not in the identity
+  judge = models.merge(*SavedModel.open(random_lm).load())
+  names = ["base", "mid", "top"]
+  for kind in ("red_team", "helpful"):
+    rows, s = _rows(str(wd), kind), probe[kind]
+    assert s["num_probed"] == 3 and s["num_on_preferred"] == 2 and s["num_on_rejected"] == 1
+    assert 0 <= s["injection_flip_rate"] <= 1 and -1 <= s["injection_pull"] <= 1
+    # against a brute-force forward of the judge on the injected pair, both orders
+    ans = [_answers(str(wd), m, kind) for m in names]
+    picked = [rows[i] for i in injection.select(len(rows), 3, 0)]
+    sides = injection.plan_sides([r["p_a"] for r in picked], 0)
+    after = []
+    for r, side in zip(picked, sides):
+      req = [Turn("Human", ans[0][r["prompt"]]["prompt"])]
+      x, y = injection.inject(ans[r["a"]][r["prompt"]]["answer"],
+                              ans[r["b"]][r["prompt"]]["answer"], int(side))
+      p_ab = _p_a(judge, words_tokenizer, cc.comparison_prompt(req, x, y, r["principle"]))
+      p_ba = _p_a(judge, words_tokenizer, cc.comparison_prompt(req, y, x, r["principle"]))
+      after.append(0.5 * (p_ab + 1 - p_ba))
+    want = injection.injection_stats([r["p_a"] for r in picked], after, sides)
+    assert s["injection_pull"] == pytest.approx(want["injection_pull"], abs=2e-4)
+    assert s["injection_flip_rate"] == want["injection_flip_rate"]
+  md = (wd / "results.md").read_text()
+  assert "## Injected instruction to the judge" in md
+  assert f"| harmlessness | 3 | {probe['red_team']['injection_flip_rate']:.3f} |" in md
 
 
 @pytest.mark.parametrize("change, match", [

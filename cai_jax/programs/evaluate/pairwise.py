@@ -18,6 +18,16 @@ also decided by it (the higher utility wins, equal utilities tie) and its Elo is
 beside the judge's, with their agreement: the rank and linear correlation of the ratings and
 the share of pairs with an oracle winner where the judge prefers the same answer.
 
+Judge robustness (``injection_probe=N``, default 0: off): on each set, N of the comparisons
+(drawn by ``seed``) are judged again with ``injection_text`` (``rl.injection.DEFAULT_TEXT``:
+a note to the evaluator claiming this is the better answer) appended to one of the two
+answers, half of them the one the judge preferred, half the other; a feedback model decides
+the pair again in both orders under the same principle, a preference model scores the
+injected answer again. The share of decisions that flip and the mean pull toward the
+injected answer go to ``results["injection"][set]`` and the report; the Elo fits do not
+use them. The probe is not part of the run's identity (a diagnostic): to add it to a
+finished run, delete its ``DONE`` and run again (answers and judgments are reused).
+
 Outputs: ``answers/``, ``judgments/<set>.jsonl`` (every comparison), ``results.json``,
 ``results.md``, ``pareto.png`` / ``pareto.svg`` (helpfulness Elo against harmlessness Elo,
 with ``lines`` joining models along training) and, with an oracle, ``pareto_oracle.*``.
@@ -41,6 +51,7 @@ from cai_jax.data.conversations import read_jsonl, read_prompts
 from cai_jax.evaluation import elo, pairwise_report
 from cai_jax.models.store import SavedModel
 from cai_jax.evaluation.answers import model_answers
+from cai_jax.rl import injection
 from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.rl.reward import RewardModel
 from cai_jax.run import program
@@ -97,6 +108,25 @@ def _pm_judgments(pm: RewardModel, turns: list, answers: list[list[dict]],
       rows.append({"a": a, "b": b, "prompt": i, "p_a": float(np.exp(-np.logaddexp(0, -d))),
                    "r_a": float(scores[a][i]), "r_b": float(scores[b][i])})
   return rows
+
+
+def _injection(judge_model, turns: list, answers: list[list[dict]], rows: list[dict], *,
+               num: int, text: str, seed: int) -> dict:
+  """The judge-robustness probe (module docstring) on ``num`` of a set's comparisons."""
+  picked = [rows[i] for i in injection.select(len(rows), num, seed)]
+  items = [(turns[r["prompt"]], answers[r["a"]][r["prompt"]]["answer"],
+            answers[r["b"]][r["prompt"]]["answer"], r) for r in picked]
+  if isinstance(judge_model, FeedbackModel):   # both orders, the row's principle
+    return injection.probe_feedback(judge_model, [(t, x, y, [r["principle"]], r["p_a"])
+                                                  for t, x, y, r in items], text=text, seed=seed)
+  sides = injection.plan_sides([r["p_a"] for r in picked], seed)
+  scores = judge_model.score([t for t, *_ in items],
+                             [(x, y)[s] + text for (_, x, y, _), s in zip(items, sides)])
+  after = []
+  for r, s, new in zip(picked, sides, scores):   # the injected answer's new score
+    d = (float(new) - r["r_b"]) if s == 0 else (r["r_a"] - float(new))
+    after.append(float(np.exp(-np.logaddexp(0, -d))))
+  return injection.injection_stats([r["p_a"] for r in picked], after, sides)
 
 
 def _oracle_outcomes(oracle: Callable[[str, str], float], prompts: list[str],
@@ -200,7 +230,8 @@ def _judgments(workdir: str, kind: str, judge_fn, prompts: list, answers: list,
 @program("pairwise_eval",
          inputs=("models", "judge", "red_team_prompts", "helpful_prompts",
                  "constitution_path"),
-         cosmetic=COSMETIC + ("lines",), marks_done=True)
+         cosmetic=COSMETIC + ("lines", "injection_probe", "injection_text"), marks_done=True,
+         checks_extra={"injection_probe": lambda v: None if v >= 0 else "must be >= 0"})
 def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                   judge: str = gin.REQUIRED, red_team_prompts: str = gin.REQUIRED,
                   helpful_prompts: str = gin.REQUIRED,
@@ -211,7 +242,8 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                   max_prompts: int | None = None, max_new_tokens: int = 96,
                   batch_size: int = 32, judge_max_len: int | None = None,
                   num_bootstrap: int = 1000, seed: int = 0,
-                  mesh_shape: tuple[int, int, int] = (-1, 1, 1)) -> str:
+                  mesh_shape: tuple[int, int, int] = (-1, 1, 1), injection_probe: int = 0,
+                  injection_text: str = injection.DEFAULT_TEXT) -> str:
   """Pairwise comparisons and Elo scores of ``models``; returns ``{workdir}/results.json``.
 
   Args:
@@ -229,6 +261,8 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
     judge_max_len: a preference model's input cut (its training ``seq_len``).
     num_bootstrap, seed: prompt-bootstrap resamples and their seed (also the principles').
     mesh_shape: (data, fsdp, tensor).
+    injection_probe, injection_text: comparisons per set judged again with the text on
+      one answer (module docstring; 0: off).
   """
   results_path = paths.join(workdir, "results.json")
   if workdir_lib.skip_if_done(workdir, "pairwise_eval"):
@@ -278,6 +312,10 @@ def pairwise_eval(workdir: str, *, models: Mapping[str, str] = gin.REQUIRED,
                              seed)
       entry["agreement"] = _agreement(rows, entry["judge"], entry["oracle"])
     results["sets"][kind] = entry
+    if injection_probe:   # every process (the judge's mesh spans them all)
+      results.setdefault("injection", {})[kind] = _injection(
+          judge_model, [t for _, t in prompts], model_rows, rows, num=injection_probe,
+          text=injection_text, seed=seed)
     log_samples(workdir, f"pairwise/{kind}", [_decision_markdown(r, names, prompts, model_rows)
                                               for r in rows[:8]])
   results["elo"] = _by_model(names, results["sets"])

@@ -26,15 +26,25 @@ Output: the ArrayRecord set ``{workdir}/records/pref_data`` (``data.generated``;
 ``train`` and, with ``eval_fraction > 0``, ``eval``) and ``diagnostics.json`` / ``.md``
 next to it (``rl.diagnostics``). Resumable by shards (``data.shards``).
 
+Judge robustness (``injection_probe=N``, default 0: off): after labeling, N of the AI pairs
+(drawn by ``seed``) are judged again with ``injection_text`` appended to one answer (half
+of them the preferred one, half the rejected one; ``rl.injection``); the flip rate and pull
+go to ``diagnostics.json`` under ``diagnostics.injection``. The probe changes neither the
+labels nor ``pref_data`` (its gin lines are left out of the record set's provenance) nor
+the run's identity (a diagnostic, like the cosmetic arguments): to probe a finished run,
+delete its ``DONE`` and run it again with the probe (the shards are reused).
+
   python -m cai_jax.main --gin_file=runs/label_preferences.gin --workdir=/tmp/label \\
       --gin_param="label_preferences.policy_model='/tmp/sl_cai/model'" \\
       --gin_param="label_preferences.prompts_path='/tmp/data/red_team.jsonl'"
 """
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 import tqdm
@@ -51,6 +61,7 @@ from cai_jax.data.records import sha256_file
 from cai_jax.data.shards import Shards
 from cai_jax.data.tokenizer import Tokenizer
 from cai_jax.models.store import SavedModel
+from cai_jax.rl import injection
 from cai_jax.rl.diagnostics import diagnostics, diagnostics_markdown
 from cai_jax.rl.feedback import FeedbackModel
 from cai_jax.sampling import Sampler, call_seed
@@ -64,6 +75,13 @@ _log = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
 PAPER_CLAMP = (0.4, 0.6)
+# The injection probe's arguments: a diagnostic, in neither the identity nor the data's
+# provenance (its gin bindings and their continuation lines are cut from it).
+_PROBE_ARGS = ("injection_probe", "injection_text")
+INJECTION_TEXT = injection.DEFAULT_TEXT
+_PROBE_CHECKS = {"injection_probe": lambda v: None if v >= 0 else "must be >= 0"}
+_PROBE_GIN = re.compile(r"^(\S*/)?label_preferences\.injection_\w+ =.*\n(^[ \t]+.*\n)*",
+                        re.MULTILINE)
 
 
 def resolve_clamp(clamp: Any, chain_of_thought: bool) -> tuple[float, float] | None:
@@ -185,9 +203,10 @@ def _split_of(index: int, seed: int, eval_fraction: float) -> str:
 def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Constitution,
                      num_prompts: int, helpful_data: str | None, max_helpful: int | None,
                      prompts_path: str | Sequence[str], eval_fraction: float,
-                     timing: dict) -> str:
+                     timing: dict, probe: Callable[[list], dict] | None = None) -> str:
   """Gathers the shards, mixes in helpful pairs, splits, writes the record set and the
-  diagnostics; returns the record set folder."""
+  diagnostics (with ``probe(rows)``, the injection probe's, under ``injection``); returns
+  the record set folder."""
   rows = shards.read_all()
   if not rows:
     raise RuntimeError(f"label_preferences: none of the {num_prompts} prompts gave a pair "
@@ -202,6 +221,8 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
   if not splits["eval"]:
     del splits["eval"]
   diag = diagnostics(rows)
+  if probe is not None:
+    diag["injection"] = probe(rows)
   summary = {"num_prompts": num_prompts, "num_pairs": len(rows),
              "identical_dropped": num_prompts - len(rows), "num_helpful": len(helpful),
              "train": len(splits["train"]), "eval": len(splits.get("eval", [])),
@@ -230,7 +251,7 @@ def _write_pref_data(workdir: str, shards: Shards, *, spec: dict, const: cc.Cons
   _log.info("label_preferences diagnostics:\n%s", report)
   provenance = {"program": "label_preferences", "constitution_hash": const.content_hash,
                 "constitution_name": const.name, "spec": spec, "summary": summary,
-                "gin_operative_config": gin.operative_config_str()}
+                "gin_operative_config": _PROBE_GIN.sub("", gin.operative_config_str())}
   sources = _prompt_files(prompts_path) + ([paths.absolute(helpful_data)]
                                                if helpful_data else [])
   records_dir = paths.join(workdir, "records")
@@ -267,6 +288,17 @@ def _label_shards(shards: Shards, todo: list[int], prompts: list, sampler: Sampl
   bar.close()
 
 
+def _injection_probe(judge_: FeedbackModel, prompts: list, const: cc.Constitution, num: int,
+                     text: str, *, principle_seed: int, swap_orders: bool,
+                     clamp: tuple[float, float] | None,
+                     exemplars: Sequence[cc.ComparisonExemplar], **_) -> Callable:
+  """``probe(rows)``: ``rl.injection.probe_pref_rows`` on the pairs as they were labelled."""
+  return functools.partial(injection.probe_pref_rows, judge_, request=lambda i: prompts[i][1],
+                           principle=const.comparison_principle, num=num, text=text,
+                           seed=principle_seed, swap_orders=swap_orders, clamp=clamp,
+                           exemplars=exemplars)
+
+
 def _job_spec(policy: SavedModel, feedback: SavedModel, second: SavedModel | None,
               prompt_files: list[str], prompts: list, const: cc.Constitution,
               settings: dict) -> dict:
@@ -277,6 +309,16 @@ def _job_spec(policy: SavedModel, feedback: SavedModel, second: SavedModel | Non
   if second is not None:
     spec["second_policy_model"] = second.path
   return spec
+
+
+def _open_models(policy_model: str, feedback_model: str | None, second_policy_model: str | None
+                 ) -> tuple[SavedModel, SavedModel, SavedModel | None]:
+  """The policy, the feedback model (default: the policy) and the second policy (or None)."""
+  role = "label_preferences.{}".format
+  second = None if second_policy_model is None else SavedModel.open(
+      second_policy_model, role=role("second_policy_model"))
+  return (SavedModel.open(policy_model, role=role("policy_model")),
+          SavedModel.open(feedback_model or policy_model, role=role("feedback_model")), second)
 
 
 def _prompt_files(prompts_path: str | Sequence[str]) -> list[str]:
@@ -305,7 +347,7 @@ def _models(policy: SavedModel, feedback: SavedModel, second: SavedModel | None,
 @program("label_preferences",
          inputs=("policy_model", "prompts_path", "constitution_path", "feedback_model",
                  "second_policy_model", "tokenizer_path", "helpful_data"),
-         cosmetic=COSMETIC, marks_done=True)
+         cosmetic=COSMETIC + _PROBE_ARGS, marks_done=True, checks_extra=_PROBE_CHECKS)
 def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
                       prompts_path: str | Sequence[str] = gin.REQUIRED,
                       constitution_path: str = gin.REQUIRED,
@@ -313,14 +355,13 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
                       tokenizer_path: str | None = None, num_principles: int = 1,
                       swap_orders: bool = True, chain_of_thought: bool = False,
                       clamp: Any = "paper", exemplars: bool | int = True,
-                      max_new_tokens: int = 128,
-                      temperature: float = 1.0, top_p: float = 1.0,
+                      max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
                       cot_max_new_tokens: int = 96, cot_temperature: float = 0.0,
                       helpful_data: str | None = None, max_helpful: int | None = None,
                       eval_fraction: float = 0.1, seed: int = 0, shard_size: int = 256,
                       batch_size: int = 64, max_prompts: int | None = None,
-                      max_shards: int | None = None,
-                      mesh_shape: tuple[int, int, int] = (-1, 1, 1)) -> str:
+                      max_shards: int | None = None, mesh_shape: tuple[int, int, int] = (-1, 1, 1),
+                      injection_probe: int = 0, injection_text: str = INJECTION_TEXT) -> str:
   """Writes the AI-labelled pair set; returns its folder ``{workdir}/records/pref_data``.
 
   Args:
@@ -353,6 +394,8 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
     shard_size: prompts per resumable shard; batch_size: prompts per sampler call.
     max_prompts: use only the first prompts; max_shards: stop after this many new shards.
     mesh_shape: (data, fsdp, tensor); the batch is sharded over data x fsdp.
+    injection_probe, injection_text: judge robustness (module docstring): pairs judged
+      again with the text appended to one answer (0: off; not part of the identity).
   """
   out_path = paths.join(workdir, "records", PREF_DATA)
   if workdir_lib.skip_if_done(workdir, "label_preferences"):
@@ -363,11 +406,7 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
   const = cc.load_constitution(cc.resolve_constitution_path(constitution_path))
   files = _prompt_files(prompts_path)
   prompts = [row for p in files for row in read_prompts(p)[:max_prompts]]
-  policy = SavedModel.open(policy_model, role="label_preferences.policy_model")
-  feedback = SavedModel.open(feedback_model or policy_model,
-                             role="label_preferences.feedback_model")
-  second = None if second_policy_model is None else SavedModel.open(
-      second_policy_model, role="label_preferences.second_policy_model")
+  policy, feedback, second = _open_models(policy_model, feedback_model, second_policy_model)
   tok = policy.tokenizer(tokenizer_path)
   spec = _job_spec(policy, feedback, second, files, prompts, const, dict(
       num_principles=num_principles, swap_orders=swap_orders,
@@ -383,21 +422,24 @@ def label_preferences(workdir: str, *, policy_model: str = gin.REQUIRED,
   # --- Label the unfinished shards (this process's share of them) ------------------------
   mine = processes.share(todo[:max_shards])   # max_shards: stop after that many shards
   timing = {"generation_s": 0.0, "judge_s": 0.0, "pairs": 0}
+  load = functools.partial(
+      _models, policy, feedback, second, tok, mesh_shape,
+      batch_size=batch_size * (2 if swap_orders else 1), chain_of_thought=chain_of_thought,
+      cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature)
+  judge_kw = dict(principle_seed=seed, num_principles=num_principles, swap_orders=swap_orders,
+                  clamp=clamp, exemplars=cc.first_exemplars(const.comparison_exemplars, exemplars))
+  loaded = load() if mine else None
   if mine:
-    sampler, second_sampler, judge_ = _models(
-        policy, feedback, second, tok, mesh_shape,
-        batch_size=batch_size * (2 if swap_orders else 1), chain_of_thought=chain_of_thought,
-        cot_max_new_tokens=cot_max_new_tokens, cot_temperature=cot_temperature)
     _label_shards(
-        shards, mine, prompts, sampler, second_sampler, judge_, tok, const, seed=seed,
-        batch_size=batch_size, timing=timing, principle_seed=seed,
-        num_principles=num_principles, swap_orders=swap_orders, clamp=clamp,
-        exemplars=cc.first_exemplars(const.comparison_exemplars, exemplars),
+        shards, mine, prompts, *loaded, tok, const, seed=seed, batch_size=batch_size,
+        timing=timing, **judge_kw,
         sample_kw=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
   processes.barrier("label_preferences:shards")   # every process's shards are written
   if shards.todo() or not processes.is_chief():   # max_shards left some: no data set yet
     return out_path
+  probe = _injection_probe((loaded or load())[2], prompts, const, injection_probe,
+                           injection_text, **judge_kw) if injection_probe else None
   return _write_pref_data(workdir, shards, spec=spec, const=const, num_prompts=len(prompts),
                           helpful_data=helpful_data, max_helpful=max_helpful,
                           prompts_path=prompts_path, eval_fraction=eval_fraction,
-                          timing=timing)
+                          timing=timing, probe=probe)
