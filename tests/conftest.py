@@ -3,6 +3,7 @@
 The device count must be fixed before JAX initialises its backend, so this runs
 at import time of the test session (pytest imports conftest.py first).
 """
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,6 +27,31 @@ jax.config.update("jax_threefry_partitionable", True)
 # the pytest process inside JAX's cache write (put_executable_and_time, CPU, 8 fake
 # devices, 2026-12-05), so CI runs without it, as before.
 XLA_CACHE = os.environ.get("CAI_JAX_TEST_XLA_CACHE", "")
+
+
+MAX_MAPPINGS = 25_000
+
+
+def _mappings() -> int:
+  try:
+    with open("/proc/self/maps", encoding="utf-8") as f:
+      return sum(1 for _ in f)
+  except OSError:   # not Linux
+    return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops JAX's compiled programs after a test module once this process holds more than
+  ``MAX_MAPPINGS`` memory mappings. Every XLA:CPU executable maps regions of its own: one
+  pytest process running the whole suite reached Linux's limit of 65,530 mappings per
+  process (``vm.max_map_count``; 32,000 after tests/sampling and tests/models alone) and
+  crashed inside XLA (a segfault, or an abort, in compile). One module adds at most about
+  10,000; clearing only past the bound keeps the compiled programs modules share."""
+  yield
+  if _mappings() > MAX_MAPPINGS:
+    jax.clear_caches()
+    gc.collect()
 
 
 def pytest_configure(config):
