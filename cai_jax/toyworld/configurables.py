@@ -9,4 +9,5 @@ import cai_jax.toyworld.evaluation.pairwise  # noqa: F401
 import cai_jax.toyworld.evaluation.report  # noqa: F401
 import cai_jax.toyworld.evaluation.rl  # noqa: F401
 import cai_jax.toyworld.phases  # noqa: F401
+import cai_jax.toyworld.polis  # noqa: F401
 import cai_jax.toyworld.seeds  # noqa: F401
