@@ -45,6 +45,7 @@ def register() -> None:
   # Importing a program module registers its gin configurable.
   # pylint: disable=import-outside-toplevel,unused-import
   import cai_jax.pipeline  # noqa: F401
+  import cai_jax.programs.classifiers.chains  # noqa: F401
   import cai_jax.programs.classifiers.data  # noqa: F401
   import cai_jax.programs.classifiers.train  # noqa: F401
   import cai_jax.programs.evaluate.judge_eval  # noqa: F401

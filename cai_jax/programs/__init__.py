@@ -9,7 +9,8 @@
   (pairwise comparisons by a judge, harmlessness and helpfulness Elo with bootstrap
   intervals, the Pareto plot); both answer through ``cai_jax.evaluation.answers``.
 * ``classifiers``: ``classifier_data`` (synthetic requests and answers from a
-  constitution, in jailbreak shapes) and ``train_classifier`` (constitutional classifiers:
+  constitution, in jailbreak shapes), ``chain_classifier_data`` (the same rows from
+  SL-CAI's critique -> revision chains) and ``train_classifier`` (constitutional classifiers:
   input, output and exchange harm classifiers on a scalar head).
 
 Programs wire the library layers (models, data, sampling, losses, train, rl); no program

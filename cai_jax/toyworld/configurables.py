@@ -5,6 +5,7 @@ with ``import cai_jax.toyworld.configurables`` at their top.
 """
 # pylint: disable=unused-import
 import cai_jax.toyworld.evaluation.answers  # noqa: F401
+import cai_jax.toyworld.evaluation.guard  # noqa: F401
 import cai_jax.toyworld.evaluation.pairwise  # noqa: F401
 import cai_jax.toyworld.evaluation.report  # noqa: F401
 import cai_jax.toyworld.evaluation.rl  # noqa: F401

@@ -4,5 +4,7 @@
 * ``skills``: the model as a critic and as a judge (through ``rl.feedback``).
 * ``rl``: AI labels and preference models against the oracle, the PPO probe, the
   over-optimisation curve.
+* ``guard``: constitutional classifiers in front of a policy: attack success with and
+  without the guard, false refusals, the guard's time overhead (``toy_guard_eval``).
 * ``report``: the tables (and the SVG chart) of an experiment.
 """
