@@ -47,6 +47,7 @@ def register() -> None:
   import cai_jax.pipeline  # noqa: F401
   import cai_jax.programs.classifiers.chains  # noqa: F401
   import cai_jax.programs.classifiers.data  # noqa: F401
+  import cai_jax.programs.classifiers.guard_eval  # noqa: F401
   import cai_jax.programs.classifiers.train  # noqa: F401
   import cai_jax.programs.evaluate.judge_eval  # noqa: F401
   import cai_jax.programs.evaluate.pairwise  # noqa: F401

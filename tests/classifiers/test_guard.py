@@ -3,6 +3,7 @@ unchanged; threshold calibration."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from classifier_stubs import token_classifier
 
 from cai_jax import models
 from cai_jax.classifiers import (GuardedSampler, StreamingClassifier,
@@ -19,19 +20,8 @@ REFUSAL = [1, 2, 3]
 
 
 def stub_classifier(bad_token: int) -> StreamingClassifier:
-  """A scalar-head model whose score after a token is ~1 when that token is
-  ``bad_token``, ~0 otherwise: attention and MLP write nothing, so the final norm of
-  the embedding (+-e0) is +-sqrt(d) e0 and the head reads coordinate 0."""
-  graphdef, params = models.init(CLF_CFG, "scalar")
-  embed = np.zeros((VOCAB, CLF_CFG.d_model), np.float32)
-  embed[:, 0] = -1.0
-  embed[bad_token, 0] = 1.0
-  params["backbone"]["embed_vd"] = jnp.asarray(embed)
-  layer = params["backbone"]["layers"][0]
-  layer["attn"]["wo_nkd"] = jnp.zeros_like(layer["attn"]["wo_nkd"])
-  layer["mlp"]["w_down_fd"] = jnp.zeros_like(layer["mlp"]["w_down_fd"])
-  params["head_w_d"] = jnp.zeros((CLF_CFG.d_model,), jnp.float32).at[0].set(1.0)
-  return StreamingClassifier(graphdef, params)
+  """Scores ~1 after ``bad_token``, ~0 after any other token (``classifier_stubs``)."""
+  return StreamingClassifier(*token_classifier(bad_token, VOCAB))
 
 
 @pytest.fixture(scope="module")

@@ -4,38 +4,21 @@ the answers file with the oracle."""
 import collections
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from classifier_stubs import save_token_classifier
 
 from cai_jax import models
+from cai_jax.classifiers.measure import GUARDS, benign_prompts
 from cai_jax.constitution import initial_prompt
 from cai_jax.models.store import SavedModel, save_model
 from cai_jax.sampling import Sampler
 from cai_jax.toyworld import oracle
-from cai_jax.toyworld.evaluation.guard import GUARDS, benign_prompts, toy_guard_eval
+from cai_jax.toyworld.evaluation.guard import toy_guard_eval
 from cai_jax.toyworld.phases import read_requests, toy_data
 
 VOCAB = 400
 REFUSAL = "I can't help with that."
-
-
-def _stub(bad_token: int, kind: str, path: str, tokenizer_path: str) -> str:
-  """A classifier whose score after a token is ~0.98 for ``bad_token``, ~0.02 otherwise
-  (attention and MLP write nothing; the head reads the embedding's coordinate 0)."""
-  cfg = models.ModelConfig(vocab_size=VOCAB, d_model=16, n_layers=1, n_heads=2,
-                           n_kv_heads=1, d_ff=32)
-  _, params = models.init(cfg, "scalar")
-  embed = np.zeros((VOCAB, cfg.d_model), np.float32)
-  embed[:, 0] = -1.0
-  embed[bad_token, 0] = 1.0
-  params["backbone"]["embed_vd"] = jnp.asarray(embed)
-  layer = params["backbone"]["layers"][0]
-  layer["attn"]["wo_nkd"] = jnp.zeros_like(layer["attn"]["wo_nkd"])
-  layer["mlp"]["w_down_fd"] = jnp.zeros_like(layer["mlp"]["w_down_fd"])
-  params["head_w_d"] = jnp.zeros((cfg.d_model,), jnp.float32).at[0].set(1.0)
-  return save_model(path, params, cfg, kind="scalar",
-                    info={"classifier": kind, "tokenizer_path": tokenizer_path})
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +41,8 @@ def world(tmp_path_factory):
   bad = min(counts, key=lambda t: abs(counts[t] - len(answers) / 2))   # in about half
   never = next(t for t in range(3, VOCAB) if t not in counts)
   return {"data": data, "policy": policy, "root": root,
-          "exchange": _stub(bad, "exchange", str(root / "clf_ex"), tok_path),
-          "input": _stub(never, "input", str(root / "clf_in"), tok_path)}
+          "exchange": save_token_classifier(bad, VOCAB, "exchange", str(root / "clf_ex"), tok_path),
+          "input": save_token_classifier(never, VOCAB, "input", str(root / "clf_in"), tok_path)}
 
 
 def test_the_table_matches_the_answers(world, tmp_path):

@@ -29,98 +29,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Mapping, Sequence
 
 import gin
 import numpy as np
 
 from cai_jax import workdir as workdir_lib
-from cai_jax.classifiers import GuardedSampler, StreamingClassifier
-from cai_jax.classifiers.guard import threshold_for_false_refusal_rate
+from cai_jax.classifiers import measure
+from cai_jax.classifiers.measure import GUARDS
 from cai_jax.constitution import initial_prompt
-from cai_jax.data.conversations import parse_prompt_row, read_jsonl
-from cai_jax.data.dialogue import parse_hh
 from cai_jax.data.jailbreaks import TRANSFORMS, transform
 from cai_jax.models.store import SavedModel
 from cai_jax.run import program
 from cai_jax.sampling import Sampler
 from cai_jax.toyworld import oracle
 from cai_jax.toyworld.phases import read_requests
-
-GUARDS = ("input", "exchange", "input+exchange")
-NEVER = 2.0   # a threshold no probability reaches: the guard scores, never blocks
-
-
-def _batched(fn, prompts, batch_size):
-  """fn over batches of prompts -> (concatenated outputs, seconds)."""
-  start, out = time.perf_counter(), []
-  for i in range(0, len(prompts), batch_size):
-    out.append(fn(prompts[i:i + batch_size]))
-  return out, time.perf_counter() - start
-
-
-def _unguarded(sampler, tok, prompts, batch_size, max_new_tokens):
-  gen = lambda p: sampler.generate(  # noqa: E731
-      p, max_new_tokens=max_new_tokens, stop_tokens=tok.stop_ids).tokens
-  _batched(gen, prompts, batch_size)           # compiles every bucket
-  outs, secs = _batched(gen, prompts, batch_size)
-  return [tok.decode_generated(t) for o in outs for t in o], secs
-
-
-def _guarded(guard, tok, prompts, batch_size, max_new_tokens):
-  """(answers, shown-before-block texts, reports, seconds) of the guarded sampler."""
-  gen = lambda p: guard.generate(  # noqa: E731
-      p, max_new_tokens=max_new_tokens, stop_tokens=tok.stop_ids)
-  _batched(gen, prompts, batch_size)
-  outs, secs = _batched(gen, prompts, batch_size)
-  answers = [tok.decode_generated(t) for o in outs for t in o.tokens]
-  shown = [tok.decode_generated(t) for o in outs for t in o.generated]
-  reports = [dict(r, input_score=s) for o in outs
-             for r, s in zip(o.reports, o.input_scores)]
-  return answers, shown, reports, secs
-
-
-def _make_guard(sampler, clfs, guard, thresholds, check_every, refusal):
-  use_in, use_out = "input" in guard, "exchange" in guard
-  return GuardedSampler(
-      sampler, clfs["exchange"] if use_out else None, clfs["input"] if use_in else None,
-      threshold=thresholds["output"] if use_out else NEVER,
-      input_threshold=thresholds["input"] if use_in else NEVER,
-      check_every=check_every, mode="exchange", refusal_tokens=refusal)
-
-
-def calibrate(sampler, tok, clfs, prompts, *, rate, check_every, batch_size,
-              max_new_tokens) -> dict:
-  """Input and output thresholds refusing ``rate / 2`` each of ``prompts`` (benign)."""
-  probe = GuardedSampler(sampler, clfs["exchange"], clfs["input"], threshold=NEVER,
-                         input_threshold=NEVER, check_every=check_every, mode="exchange")
-  outs, _ = _batched(lambda p: probe.generate(p, max_new_tokens=max_new_tokens,
-                                              stop_tokens=tok.stop_ids), prompts, batch_size)
-  in_scores = [s for o in outs for s in o.input_scores]
-  out_scores = [r["max_score"] for o in outs for r in o.reports]
-  return {"input": threshold_for_false_refusal_rate(in_scores, rate / 2),
-          "output": threshold_for_false_refusal_rate(out_scores, rate / 2),
-          "calibration_prompts": len(prompts)}
-
-
-def _calibration_row(obj: dict) -> dict:
-  row = parse_prompt_row({k: obj[k] for k in ("prompt", "text", "id") if k in obj})
-  return {**row, "label": obj.get("label", 0), "transform": obj.get("transform", "none")}
-
-
-def benign_prompts(path: str, limit: int) -> list:
-  """Up to ``limit`` distinct benign plain-shape prompts (turns) of a classifier JSONL."""
-  seen, out = set(), []
-  for row in read_jsonl(path, _calibration_row):
-    if row["label"] < 0.5 and row["transform"] == "none" and row["prompt"] not in seen:
-      seen.add(row["prompt"])
-      out.append(parse_hh(row["prompt"]))
-  if not out:
-    raise ValueError(f"toy_guard_eval.calibration_prompts: {path} has no benign row "
-                     "(label 0) in the plain shape")
-  return out[:limit]
-
 
 def _verdicts(requests, answers):
   return [oracle.score(r, a) for r, a in zip(requests, answers)]
@@ -146,12 +69,14 @@ def _policy_rows(label, sampler, tok, clfs, sets, thresholds, *, check_every, ba
   """Rows of the results table for one policy (and its guarded answers in log_rows)."""
   rows = []
   for set_name, (reqs, prompts) in sets.items():
-    plain, t_plain = _unguarded(sampler, tok, prompts, batch_size, max_new_tokens)
+    plain, t_plain = measure.unguarded(sampler, tok, prompts, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens)
     v_plain = _verdicts(reqs, plain)
     for guard in GUARDS:
-      g = _make_guard(sampler, clfs, guard, thresholds, check_every, refusal)
-      answers, shown, reports, t_guard = _guarded(g, tok, prompts, batch_size,
-                                                  max_new_tokens)
+      g = measure.make_guard(sampler, clfs, guard, thresholds, check_every=check_every,
+                             refusal=refusal)
+      answers, shown, reports, t_guard = measure.guarded(
+          g, tok, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
       v_guard, v_shown = _verdicts(reqs, answers), _verdicts(reqs, shown)
       blocked = [r["blocked_at"] for r in reports]
       rows.append({
@@ -215,22 +140,13 @@ def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
       calibration (e.g. to compare guards at the same thresholds).
     seed: the transforms' draws.
   """
-  if (calibration_prompts is None) == (thresholds is None):
-    raise ValueError("toy_guard_eval: give calibration_prompts or fixed thresholds (one)")
-  if thresholds is not None and set(thresholds) != {"input", "output"}:
-    raise ValueError("toy_guard_eval.thresholds must have the keys 'input' and 'output', "
-                     f"got {sorted(thresholds)}")
+  measure.check_thresholds(thresholds, calibration_prompts, "toy_guard_eval")
   unknown = [t for t in transforms if t not in TRANSFORMS]
   if unknown:
     raise ValueError(f"toy_guard_eval.transforms: unknown {unknown} (known: {list(TRANSFORMS)})")
-  calib = benign_prompts(calibration_prompts, num_calibration) if thresholds is None else []
-  clfs = {}
-  for kind, path in (("input", input_classifier), ("exchange", exchange_classifier)):
-    saved = SavedModel.open(path, role=f"toy_guard_eval.{kind}_classifier")
-    if saved.info.get("classifier") != kind:
-      raise ValueError(f"toy_guard_eval.{kind}_classifier: {path} is a "
-                       f"{saved.info.get('classifier')!r} classifier, not {kind!r}")
-    clfs[kind] = StreamingClassifier.load(saved)
+  calib = (measure.benign_prompts(calibration_prompts, num_calibration)
+           if thresholds is None else [])
+  clfs = measure.load_classifiers(input_classifier, exchange_classifier, "toy_guard_eval")
   requests = read_requests(os.path.join(data_dir, "eval.jsonl"))
   rows, answer_log, used = [], [], {}
   for label, path in policies.items():
@@ -238,7 +154,7 @@ def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
     tok = saved.tokenizer()
     sampler = Sampler(*saved.load())
     kw = dict(check_every=check_every, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    used[label] = dict(thresholds) if thresholds is not None else calibrate(
+    used[label] = dict(thresholds) if thresholds is not None else measure.calibrate(
         sampler, tok, clfs, [initial_prompt(t).token_ids(tok) for t in calib],
         rate=false_refusal_rate, **kw)
     rows += _policy_rows(label, sampler, tok, clfs, _traffic(tok, requests, transforms, seed),
