@@ -9,7 +9,8 @@ model, the toy world's ``toy_guard_eval`` with its oracle):
   benign prompts (answered by the policy), from ``benign_prompts`` of a classifier-data
   JSONL (its rows with label 0 in the plain shape);
 * ``unguarded`` / ``guarded``: greedy answers in batches, each traffic set timed on a
-  second pass (the first compiles every shape), so the two times compare.
+  second pass (the first compiles every shape), so the two times compare; ``warmup=False``
+  (tests) runs one pass, whose time includes compilation.
 """
 from __future__ import annotations
 
@@ -35,23 +36,25 @@ def timed_batches(fn: Callable, prompts: Sequence, batch_size: int) -> tuple[lis
   return out, time.perf_counter() - start
 
 
-def unguarded(sampler: Sampler, tok, prompts, *, batch_size: int, max_new_tokens: int
-              ) -> tuple[list[str], float]:
-  """(greedy answers, seconds of the second pass)."""
+def unguarded(sampler: Sampler, tok, prompts, *, batch_size: int, max_new_tokens: int,
+              warmup: bool = True) -> tuple[list[str], float]:
+  """(greedy answers, seconds of the second pass; of the only one without ``warmup``)."""
   gen = lambda p: sampler.generate(  # noqa: E731
       p, max_new_tokens=max_new_tokens, stop_tokens=tok.stop_ids).tokens
-  timed_batches(gen, prompts, batch_size)
+  if warmup:
+    timed_batches(gen, prompts, batch_size)
   outs, secs = timed_batches(gen, prompts, batch_size)
   return [tok.decode_generated(t) for o in outs for t in o], secs
 
 
-def guarded(guard: GuardedSampler, tok, prompts, *, batch_size: int, max_new_tokens: int
-            ) -> tuple[list[str], list[str], list[dict], float]:
+def guarded(guard: GuardedSampler, tok, prompts, *, batch_size: int, max_new_tokens: int,
+            warmup: bool = True) -> tuple[list[str], list[str], list[dict], float]:
   """(answers, text generated before a block, reports with ``input_score``, seconds of
-  the second pass)."""
+  the second pass; of the only one without ``warmup``)."""
   gen = lambda p: guard.generate(  # noqa: E731
       p, max_new_tokens=max_new_tokens, stop_tokens=tok.stop_ids)
-  timed_batches(gen, prompts, batch_size)
+  if warmup:
+    timed_batches(gen, prompts, batch_size)
   outs, secs = timed_batches(gen, prompts, batch_size)
   answers = [tok.decode_generated(t) for o in outs for t in o.tokens]
   shown = [tok.decode_generated(t) for o in outs for t in o.generated]

@@ -49,7 +49,7 @@ def test_blocked_shares_match_the_reports(setup, tmp_path):
                    exchange_classifier=setup["exchange"], red_team_prompts=setup["red"],
                    helpful_prompts=setup["helpful"], thresholds={"input": 0.5, "output": 0.5},
                    transforms=("none", "split_turns"), max_new_tokens=6, batch_size=4,
-                   check_every=2, refusal_text=REFUSAL)
+                   check_every=2, refusal_text=REFUSAL, timing_warmup=False)
   rows = res["rows"]
   assert [(r["set"], r["guard"]) for r in rows] == [
       (s, g) for s in ("red_team/none", "red_team/split_turns", "helpful") for g in GUARDS]

@@ -51,7 +51,7 @@ def test_the_table_matches_the_answers(world, tmp_path):
                        input_classifier=world["input"], exchange_classifier=world["exchange"],
                        data_dir=world["data"], thresholds={"input": 0.5, "output": 0.5},
                        check_every=2, max_new_tokens=8, batch_size=8,
-                       transforms=("role_play",), refusal_text=REFUSAL)
+                       transforms=("role_play",), refusal_text=REFUSAL, timing_warmup=False)
   rows = res["rows"]
   assert [(r["set"], r["guard"]) for r in rows] == [
       (s, g) for s in ("harmful/role_play", "benign") for g in GUARDS]
@@ -91,7 +91,7 @@ def test_calibration_keeps_the_budget(world, tmp_path):
                        input_classifier=world["input"], exchange_classifier=world["exchange"],
                        data_dir=world["data"], calibration_prompts=str(calib),
                        false_refusal_rate=0.0, max_new_tokens=8, batch_size=8,
-                       transforms=("none",))
+                       transforms=("none",), timing_warmup=False)
   t = res["thresholds"]["p"]
   assert t["calibration_prompts"] == len(helpful)
   # with no false refusal allowed, no benign calibration prompt may be refused: the eval's

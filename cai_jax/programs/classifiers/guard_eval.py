@@ -51,16 +51,17 @@ def traffic(tok, red_team: list, helpful: list, transforms: Sequence[str], seed:
 
 
 def _rows(sampler, tok, clfs, sets, thresholds, *, check_every, batch_size, max_new_tokens,
-          refusal, log):
+          refusal, log, warmup):
   rows = []
   for set_name, prompts in sets.items():
     plain, t_plain = measure.unguarded(sampler, tok, prompts, batch_size=batch_size,
-                                       max_new_tokens=max_new_tokens)
+                                       max_new_tokens=max_new_tokens, warmup=warmup)
     for guard in measure.GUARDS:
       g = measure.make_guard(sampler, clfs, guard, thresholds, check_every=check_every,
                              refusal=refusal)
       answers, _, reports, t_guard = measure.guarded(
-          g, tok, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+          g, tok, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+          warmup=warmup)
       blocked = [r["blocked_at"] for r in reports]
       rows.append({"set": set_name, "guard": guard, "n": len(prompts),
                    "blocked": float(np.mean([b is not None for b in blocked])),
@@ -84,7 +85,7 @@ def results_table(rows: list[dict]) -> str:
 @gin.configurable
 @program("guard_eval", inputs=("policy", "input_classifier", "exchange_classifier",
                                "red_team_prompts", "helpful_prompts", "calibration_prompts?"),
-         cosmetic=COSMETIC + ("batch_size",))
+         cosmetic=COSMETIC + ("batch_size", "timing_warmup"))
 def guard_eval(workdir: str, *, policy: str = gin.REQUIRED,
                input_classifier: str = gin.REQUIRED, exchange_classifier: str = gin.REQUIRED,
                red_team_prompts: str = gin.REQUIRED, helpful_prompts: str = gin.REQUIRED,
@@ -93,7 +94,8 @@ def guard_eval(workdir: str, *, policy: str = gin.REQUIRED,
                false_refusal_rate: float = 0.02, check_every: int = 8,
                transforms: Sequence[str] = tuple(TRANSFORMS), max_prompts: int | None = None,
                max_new_tokens: int = 64, batch_size: int = 16,
-               refusal_text: str = "I can't help with that.", seed: int = 0) -> dict:
+               refusal_text: str = "I can't help with that.", seed: int = 0,
+               timing_warmup: bool = True) -> dict:
   """The guard table (module docstring); returns the results.
 
   Args:
@@ -112,6 +114,8 @@ def guard_eval(workdir: str, *, policy: str = gin.REQUIRED,
     max_new_tokens, batch_size: greedy answering.
     refusal_text: a blocked row's answer.
     seed: the transforms' draws.
+    timing_warmup: time a second, compiled pass of each traffic set (False: one pass,
+      timings include compilation; for tests).
   """
   measure.check_thresholds(thresholds, calibration_prompts, "guard_eval")
   unknown = [t for t in transforms if t not in TRANSFORMS]
@@ -136,7 +140,7 @@ def guard_eval(workdir: str, *, policy: str = gin.REQUIRED,
       rate=false_refusal_rate, **kw)
   log: list[dict] = []
   rows = _rows(sampler, tok, clfs, traffic(tok, red, helpful, transforms, seed), used,
-               refusal=tok.encode(refusal_text), log=log, **kw)
+               refusal=tok.encode(refusal_text), log=log, warmup=timing_warmup, **kw)
   results = {"policy": saved.path, "rows": rows, "thresholds": used,
              "false_refusal_rate": false_refusal_rate, "check_every": check_every}
   table = results_table(rows)

@@ -65,18 +65,19 @@ def _traffic(tok, requests, transforms, seed):
 
 
 def _policy_rows(label, sampler, tok, clfs, sets, thresholds, *, check_every, batch_size,
-                 max_new_tokens, refusal, log_rows):
+                 max_new_tokens, refusal, log_rows, warmup):
   """Rows of the results table for one policy (and its guarded answers in log_rows)."""
   rows = []
   for set_name, (reqs, prompts) in sets.items():
     plain, t_plain = measure.unguarded(sampler, tok, prompts, batch_size=batch_size,
-                                       max_new_tokens=max_new_tokens)
+                                       max_new_tokens=max_new_tokens, warmup=warmup)
     v_plain = _verdicts(reqs, plain)
     for guard in GUARDS:
       g = measure.make_guard(sampler, clfs, guard, thresholds, check_every=check_every,
                              refusal=refusal)
       answers, shown, reports, t_guard = measure.guarded(
-          g, tok, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+          g, tok, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+          warmup=warmup)
       v_guard, v_shown = _verdicts(reqs, answers), _verdicts(reqs, shown)
       blocked = [r["blocked_at"] for r in reports]
       rows.append({
@@ -111,7 +112,7 @@ def results_table(rows: list[dict]) -> str:
 @gin.configurable
 @program("toy_guard_eval", inputs=("policies", "input_classifier", "exchange_classifier",
                                    "data_dir", "calibration_prompts?"),
-         cosmetic=("batch_size",))
+         cosmetic=("batch_size", "timing_warmup"))
 def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
                    input_classifier: str = gin.REQUIRED,
                    exchange_classifier: str = gin.REQUIRED, data_dir: str = "data",
@@ -119,7 +120,8 @@ def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
                    false_refusal_rate: float = 0.02, check_every: int = 8,
                    transforms: Sequence[str] = tuple(TRANSFORMS), max_new_tokens: int = 96,
                    batch_size: int = 64, refusal_text: str = "I can't help with that.",
-                   thresholds: Mapping[str, float] | None = None, seed: int = 0) -> dict:
+                   thresholds: Mapping[str, float] | None = None, seed: int = 0,
+                   timing_warmup: bool = True) -> dict:
   """The guard table (module docstring); returns the results.
 
   Args:
@@ -139,6 +141,8 @@ def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
     thresholds: fixed ``{"input": t, "output": t}`` for every policy instead of the
       calibration (e.g. to compare guards at the same thresholds).
     seed: the transforms' draws.
+    timing_warmup: time a second, compiled pass of each traffic set (False: one pass,
+      timings include compilation; for tests).
   """
   measure.check_thresholds(thresholds, calibration_prompts, "toy_guard_eval")
   unknown = [t for t in transforms if t not in TRANSFORMS]
@@ -159,7 +163,7 @@ def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
         rate=false_refusal_rate, **kw)
     rows += _policy_rows(label, sampler, tok, clfs, _traffic(tok, requests, transforms, seed),
                          used[label], refusal=tok.encode(refusal_text),
-                         log_rows=answer_log, **kw)
+                         log_rows=answer_log, warmup=timing_warmup, **kw)
   results = {"rows": rows, "thresholds": used, "false_refusal_rate": false_refusal_rate,
              "check_every": check_every}
   table = results_table(rows)
