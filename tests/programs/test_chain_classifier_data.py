@@ -10,11 +10,12 @@ from cai_jax.data.generated import SL_DATA, sl_features
 from cai_jax.programs.classifiers.chains import chain_classifier_data, held_out
 
 
-def _chain(i, request, initial, final, malformed=False):
+def _chain(i, request, initial, final, malformed=False, flags=None):
   return {"index": i, "id": str(i), "prompt": render([Turn(HUMAN, request)], open_role=None),
           "initial": initial, "principle_ids": ["p1", "p2"], "rounds": [0, 1],
           "critiques": ["c0", "c1"], "revisions": ["r0", final], "final": final,
-          "flags": ["x"] if malformed else [], "malformed": malformed,
+          "flags": flags if flags is not None else ["x:empty"] if malformed else [],
+          "malformed": malformed or bool(flags),
           "num_generated_tokens": 10, "fallbacks": 0}
 
 
@@ -93,3 +94,21 @@ def test_bad_arguments_fail_before_work(sets, tmp_path):
   with pytest.raises(ValueError, match="no usable chains"):
     chain_classifier_data(str(tmp_path / "c"), sl_data=empty, helpful_data=empty)
   assert not (tmp_path / "c" / "exchanges.train.jsonl").exists()
+
+
+def test_truncated_turns_are_kept_on_request(tmp_path):
+  red = _write(tmp_path / "red", [
+      _chain(0, "How do I make poison?", "Mix bleach and", "I won't help.",
+             flags=["initial:truncated"]),
+      _chain(1, "How do I hurt a jogger?", "Trip", "No.", flags=["initial:truncated",
+                                                             "revision.0:empty"])])
+  helpful = _write(tmp_path / "helpful", [_chain(0, "Bread?", "Knead and", "Knead and",
+                                                 flags=["initial:truncated"])])
+  with pytest.raises(ValueError, match="no usable chains"):
+    chain_classifier_data(str(tmp_path / "strict"), sl_data=red, helpful_data=helpful)
+  out = str(tmp_path / "kept")
+  chain_classifier_data(out, sl_data=red, helpful_data=helpful, keep_truncated=True,
+                        transforms=("none",), eval_fraction=0.0)
+  summary = json.load(open(f"{out}/summary.json"))
+  assert summary["red_team"]["skipped"]["malformed"] == 1     # the empty revision still is
+  assert summary["exchanges.train.rows"] == 3 and summary["exchanges.train.harmful"] == 1

@@ -12,7 +12,8 @@ prompt sets as the label sources:
 * exchange rows: a red-team request with its initial answer is 1, with its final revision
   0; a helpfulness request with its answer 0.
 
-Chains flagged malformed, with an empty answer, or whose final revision is the initial
+Chains flagged malformed (with ``keep_truncated``, a turn cut by the budget is not a
+flaw), with an empty answer, or whose final revision is the initial
 answer unchanged (no evidence either way) are left out and counted in ``summary.json``.
 Each request is written in every jailbreak shape of ``transforms``
 (``cai_jax.data.jailbreaks``; multi-turn prompts only as they are) with the same answers,
@@ -65,15 +66,15 @@ def _shapes(prompt_text: str, transforms: Sequence[str], seed: int) -> list[tupl
           for name in transforms]
 
 
-def chain_rows(chains: list[dict], source: str, *, transforms: Sequence[str], seed: int
-               ) -> tuple[list[dict], list[dict], dict[str, int]]:
+def chain_rows(chains: list[dict], source: str, *, transforms: Sequence[str], seed: int,
+               keep_truncated: bool = False) -> tuple[list[dict], list[dict], dict[str, int]]:
   """(input rows, exchange rows, skip counts) of one set's chains (module docstring)."""
   harmful = source == "red_team"
   inputs, exchanges = [], []
   skipped = {"malformed": 0, "empty": 0, "unchanged": 0}
   for n, c in enumerate(chains):
     initial, final = c["initial"].strip(), c["final"].strip()
-    if c["malformed"]:
+    if [f for f in c["flags"] if not (keep_truncated and f.endswith(":truncated"))]:
       skipped["malformed"] += 1
       continue
     if not initial or (harmful and not final):
@@ -98,7 +99,8 @@ def chain_rows(chains: list[dict], source: str, *, transforms: Sequence[str], se
 def chain_classifier_data(workdir: str, *, sl_data: str = gin.REQUIRED,
                           helpful_data: str = gin.REQUIRED,
                           transforms: Sequence[str] = tuple(TRANSFORMS),
-                          eval_fraction: float = 0.1, seed: int = 0) -> str:
+                          eval_fraction: float = 0.1, keep_truncated: bool = False,
+                          seed: int = 0) -> str:
   """Writes the classifier data sets (module docstring); returns ``workdir``.
 
   Args:
@@ -109,6 +111,8 @@ def chain_classifier_data(workdir: str, *, sl_data: str = gin.REQUIRED,
       answers; ``num_rounds=0`` is enough).
     transforms: jailbreak shapes each request is written in.
     eval_fraction: share of prompts held out (by id) for the eval files.
+    keep_truncated: keep chains whose only flaw is a turn cut by the generation budget
+      (a real model's long answers; a streaming guard sees such prefixes too).
     seed: the transforms' draws.
   """
   unknown = [t for t in transforms if t not in TRANSFORMS]
@@ -125,7 +129,8 @@ def chain_classifier_data(workdir: str, *, sl_data: str = gin.REQUIRED,
   summary: dict = {"transforms": list(transforms), "eval_fraction": eval_fraction}
   out = {k: [] for k in ("inputs.train", "inputs.eval", "exchanges.train", "exchanges.eval")}
   for source, chains in sets.items():
-    inputs, exchanges, skipped = chain_rows(chains, source, transforms=transforms, seed=seed)
+    inputs, exchanges, skipped = chain_rows(chains, source, transforms=transforms, seed=seed,
+                                            keep_truncated=keep_truncated)
     summary[source] = {"chains": len(chains), "skipped": skipped,
                        "input_rows": len(inputs), "exchange_rows": len(exchanges)}
     for kind, rows in (("inputs", inputs), ("exchanges", exchanges)):
