@@ -66,3 +66,11 @@ def transform(request: str, name: str, seed: int = 0) -> list[Turn]:
   if name not in TRANSFORMS:
     raise ValueError(f"unknown jailbreak transform {name!r}; known: {list(TRANSFORMS)}")
   return TRANSFORMS[name](request.strip(), seed)
+
+
+def check_transforms(names, where: str) -> None:
+  """Raises ``ValueError`` naming ``where`` if ``names`` is empty or holds an unknown one."""
+  unknown = [t for t in names if t not in TRANSFORMS]
+  if unknown or not names:
+    raise ValueError(f"{where}.transforms: unknown {unknown} (known: {list(TRANSFORMS)})"
+                     if unknown else f"{where}.transforms is empty")

@@ -44,7 +44,7 @@ from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.dialogue import HUMAN, parse_hh, render
 from cai_jax.data.generated import read_sl_data
-from cai_jax.data.jailbreaks import TRANSFORMS, transform
+from cai_jax.data.jailbreaks import TRANSFORMS, check_transforms, transform
 from cai_jax.run import program
 from cai_jax.sharding import processes
 
@@ -115,11 +115,7 @@ def chain_classifier_data(workdir: str, *, sl_data: str = gin.REQUIRED,
       (a real model's long answers; a streaming guard sees such prefixes too).
     seed: the transforms' draws.
   """
-  unknown = [t for t in transforms if t not in TRANSFORMS]
-  if unknown or not transforms:
-    raise ValueError(f"chain_classifier_data.transforms: unknown {unknown} (known: "
-                     f"{list(TRANSFORMS)})" if unknown else
-                     "chain_classifier_data.transforms is empty")
+  check_transforms(transforms, "chain_classifier_data")
   if not 0.0 <= eval_fraction < 1.0:
     raise ValueError(f"chain_classifier_data.eval_fraction must be in [0, 1), got "
                      f"{eval_fraction}")

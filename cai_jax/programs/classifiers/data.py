@@ -39,7 +39,7 @@ from cai_jax import constitution as cc
 from cai_jax import paths
 from cai_jax import workdir as workdir_lib
 from cai_jax.data.dialogue import render
-from cai_jax.data.jailbreaks import TRANSFORMS, transform
+from cai_jax.data.jailbreaks import TRANSFORMS, check_transforms, transform
 from cai_jax.models.store import SavedModel
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
@@ -113,10 +113,7 @@ def classifier_data(workdir: str, *, model: str = gin.REQUIRED,
     max_new_tokens, temperature, batch_size, seed: sampling.
     mesh_shape: (data, fsdp, tensor) of each process's sampling mesh.
   """
-  unknown = [t for t in transforms if t not in TRANSFORMS]
-  if unknown or not transforms:
-    raise ValueError(f"classifier_data.transforms: unknown {unknown} (known: "
-                     f"{list(TRANSFORMS)})" if unknown else "classifier_data.transforms is empty")
+  check_transforms(transforms, "classifier_data")
   if not harm_areas or requests_per_cell < 1 or not 0.0 <= eval_fraction < 1.0:
     raise ValueError("classifier_data: harm_areas must be non-empty, requests_per_cell >= 1 "
                      f"and eval_fraction in [0, 1); got {list(harm_areas)}, "

@@ -29,7 +29,7 @@ from cai_jax.classifiers import measure
 from cai_jax.constitution import initial_prompt
 from cai_jax.data.conversations import read_prompts
 from cai_jax.data.dialogue import HUMAN
-from cai_jax.data.jailbreaks import TRANSFORMS, transform
+from cai_jax.data.jailbreaks import TRANSFORMS, check_transforms, transform
 from cai_jax.models.store import SavedModel
 from cai_jax.run import program
 from cai_jax.run.runner import COSMETIC
@@ -118,9 +118,7 @@ def guard_eval(workdir: str, *, policy: str = gin.REQUIRED,
       timings include compilation; for tests).
   """
   measure.check_thresholds(thresholds, calibration_prompts, "guard_eval")
-  unknown = [t for t in transforms if t not in TRANSFORMS]
-  if unknown:
-    raise ValueError(f"guard_eval.transforms: unknown {unknown} (known: {list(TRANSFORMS)})")
+  check_transforms(transforms, "guard_eval")
   red = [t for _, t in read_prompts(workdir_lib.resolve_input(red_team_prompts))][:max_prompts]
   helpful = [t for _, t in read_prompts(workdir_lib.resolve_input(helpful_prompts))
              ][:max_prompts]

@@ -32,25 +32,21 @@ import os
 from typing import Mapping, Sequence
 
 import gin
-import numpy as np
 
 from cai_jax import workdir as workdir_lib
 from cai_jax.classifiers import measure
 from cai_jax.classifiers.measure import GUARDS
 from cai_jax.constitution import initial_prompt
-from cai_jax.data.jailbreaks import TRANSFORMS, transform
+from cai_jax.data.jailbreaks import TRANSFORMS, check_transforms, transform
 from cai_jax.models.store import SavedModel
 from cai_jax.run import program
 from cai_jax.sampling import Sampler
 from cai_jax.toyworld import oracle
+from cai_jax.toyworld.evaluation.answers import mean
 from cai_jax.toyworld.phases import read_requests
 
 def _verdicts(requests, answers):
   return [oracle.score(r, a) for r, a in zip(requests, answers)]
-
-
-def _mean(xs) -> float:
-  return float(np.mean(xs)) if len(xs) else float("nan")
 
 
 def _traffic(tok, requests, transforms, seed):
@@ -82,13 +78,13 @@ def _policy_rows(label, sampler, tok, clfs, sets, thresholds, *, check_every, ba
       blocked = [r["blocked_at"] for r in reports]
       rows.append({
           "policy": label, "set": set_name, "guard": guard, "n": len(reqs),
-          "unguarded_harmful": _mean([v.harmful for v in v_plain]),
-          "guarded_harmful": _mean([v.harmful for v in v_guard]),
-          "leaked": _mean([b == "output" and v.harmful for b, v in zip(blocked, v_shown)]),
-          "blocked": _mean([b is not None for b in blocked]),
-          "blocked_input": _mean([b == "input" for b in blocked]),
-          "unguarded_helpful": _mean([v.helpful for v in v_plain]),
-          "guarded_helpful": _mean([v.helpful for v in v_guard]),
+          "unguarded_harmful": mean([v.harmful for v in v_plain]),
+          "guarded_harmful": mean([v.harmful for v in v_guard]),
+          "leaked": mean([b == "output" and v.harmful for b, v in zip(blocked, v_shown)]),
+          "blocked": mean([b is not None for b in blocked]),
+          "blocked_input": mean([b == "input" for b in blocked]),
+          "unguarded_helpful": mean([v.helpful for v in v_plain]),
+          "guarded_helpful": mean([v.helpful for v in v_guard]),
           "overhead": t_guard / t_plain})
       log_rows.extend({"policy": label, "set": set_name, "guard": guard,
                        "request": r.text, "unguarded": p, "guarded": a, "report": rep}
@@ -145,9 +141,7 @@ def toy_guard_eval(workdir: str, *, policies: Mapping[str, str] = gin.REQUIRED,
       timings include compilation; for tests).
   """
   measure.check_thresholds(thresholds, calibration_prompts, "toy_guard_eval")
-  unknown = [t for t in transforms if t not in TRANSFORMS]
-  if unknown:
-    raise ValueError(f"toy_guard_eval.transforms: unknown {unknown} (known: {list(TRANSFORMS)})")
+  check_transforms(transforms, "toy_guard_eval")
   calib = (measure.benign_prompts(calibration_prompts, num_calibration)
            if thresholds is None else [])
   clfs = measure.load_classifiers(input_classifier, exchange_classifier, "toy_guard_eval")
