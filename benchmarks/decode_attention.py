@@ -1,5 +1,5 @@
 """Decode-step cost of the two attention forms (``CAI_JAX_DECODE_ATTENTION``) on the toy
-SL-CAI shape: the toy_s model (random weights), 128 rows of a 512-slot row cache
+SL-CAI shape: the model of ``gin_configs/models/toy_s.gin`` (random weights), 128 rows of a 512-slot row cache
 (``sampling.rows``), 64 greedy steps in one jitted loop, at three live lengths.
 
   CAI_JAX_DECODE_ATTENTION=reduce .venv/bin/python benchmarks/decode_attention.py
@@ -16,24 +16,25 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from cai_jax import gin_setup  # noqa: E402
 from cai_jax.models import api  # noqa: E402
-from cai_jax.models.config import ModelConfig  # noqa: E402
 from cai_jax.models.layers import decode_attention  # noqa: E402
 from cai_jax.sampling import rows  # noqa: E402
 from cai_jax.sampling.select import Mode  # noqa: E402
 
-CFG = ModelConfig(vocab_size=1536, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=344,
-                  tie_embeddings=True, rope_theta=1e4, max_seq_len=512)
 STEPS = 64
 
 
 def main(batch: int = 128, slots: int = 512) -> None:
-  graphdef, params = api.split(api.build(CFG))
+  gin_setup.parse(["models/toy_s.gin"])
+  cfg = gin.get_configurable("ModelConfig")()   # the gin file's toy_s fields
+  graphdef, params = api.split(api.build(cfg))
 
   @functools.partial(jax.jit, static_argnames=("attend_len",), donate_argnums=(1,))
   def steps(params, c, *, attend_len):
@@ -44,7 +45,7 @@ def main(batch: int = 128, slots: int = 512) -> None:
         model, c, jnp.float32(0), jnp.float32(1), stops, Mode(), attend_len), c)
 
   def carry_at(live):
-    c = rows.empty(cfg=CFG, batch=batch, cache_len=slots, num_out=128)
+    c = rows.empty(cfg=cfg, batch=batch, cache_len=slots, num_out=128)
     rng = np.random.default_rng(0)
     cache = [{n: jnp.asarray(rng.normal(size=x.shape).astype(np.float32)) for n, x in l.items()}
              for l in c.cache]
@@ -52,7 +53,7 @@ def main(batch: int = 128, slots: int = 512) -> None:
                       active_b=jnp.ones((batch,), bool),
                       budget_b=jnp.full((batch,), 10_000, jnp.int32), cache=cache)
 
-  print(f"decode attention: {decode_attention()}; batch {batch}, {slots} slots")
+  print(f"decode attention: {decode_attention()}; batch {batch}, {slots} slots; {cfg}")
   for live, attend in ((60, 128), (150, 256), (300, 512)):
     c = jax.block_until_ready(steps(params, carry_at(live), attend_len=attend))
     times = []
