@@ -228,7 +228,7 @@ class Attention(nnx.Module):
       out = self._attend_one(q, k, v, mask_bts)
     else:
       out = self._attend(q, k, v, mask_bts)
-    return jnp.einsum("btnk,nkd->btd", out, self.wo_nkd[...].astype(dt)), cache
+    return _project_out(out, self.wo_nkd[...].astype(dt)), cache
 
   def _scores(self, s):
     s = s * self.scale
@@ -259,6 +259,14 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=1).astype(self.cfg.jnp_dtype).astype(f32)
     out = jnp.sum(probs[..., None] * v.astype(f32)[:, :, :, None, :], axis=1)  # [b, m, g, k]
     return out.astype(self.cfg.jnp_dtype).reshape(b, 1, n, kd)
+
+
+def _project_out(out_btnk: jax.Array, w_nkd: jax.Array) -> jax.Array:
+  """[b, t, n, k] x [n, k, d] -> [b, t, d], contracting (n, k) in the order both are stored.
+
+  ``jnp.einsum("btnk,nkd->btd")`` lists the contracted letters sorted (k before n), so XLA
+  transposed both operands, the weight included, on every call (every decode step)."""
+  return jax.lax.dot_general(out_btnk, w_nkd, (((2, 3), (0, 1)), ((), ())))
 
 
 class MLP(nnx.Module):

@@ -6,7 +6,7 @@ import pytest
 from conftest import full_logits, random_prompts
 
 from cai_jax import sampling
-from cai_jax.sampling.select import Mode, make_mode, select
+from cai_jax.sampling.select import Mode, first_argmax, make_mode, select
 
 LOGITS = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0], np.float32)
 N = 40_000
@@ -71,3 +71,18 @@ def test_generate_top_k_tokens_are_in_model_top_k(lm):
   for prompt, toks, full in zip(prompts, out.tokens, fulls):
     top2 = np.argsort(-full[len(prompt) - 1:-1], axis=-1)[:, :2]
     assert all(t in row for t, row in zip(toks, top2))
+
+
+def test_first_argmax_matches_numpy_on_ties_nan_and_inf():
+  """``first_argmax`` (a max and a min, the greedy path) against NumPy's argmax, which
+  returns the first maximum and, with NaNs, the first NaN."""
+  rng = np.random.default_rng(3)
+  x = rng.integers(-3, 4, size=(64, 97)).astype(np.float32)   # many exact ties per row
+  x[5, :] = -np.inf
+  x[6, 10], x[6, 40] = np.nan, np.nan
+  x[7, 0] = np.inf
+  x[8, :] = 0.0
+  x[9, 96] = 9.0
+  got = np.asarray(jax.jit(first_argmax)(jnp.asarray(x)))
+  np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+  assert got.dtype == np.int32 and (got[5], got[6], got[7], got[8], got[9]) == (0, 10, 0, 0, 96)
