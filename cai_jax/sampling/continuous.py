@@ -218,7 +218,9 @@ def _refill_group(sampler: Sampler, carry: rows.RowCarry, group: list,
   """One ``rows.refill`` call for ``(row, first slot, tokens, seed, budget)`` entries
   whose written part (all tokens but the pending last one) fits in ``t`` columns."""
   batch = carry.len_b.shape[0]
-  k = next(n for n in (max(1, batch // 16), max(1, batch // 4), batch) if n >= len(group))
+  # Row counts an octave apart from batch/16 up (a bound on compiled shapes): a group pads
+  # to at most twice its rows.
+  k = next(n for n in (max(1, batch >> i) for i in (4, 3, 2, 1, 0)) if n >= len(group))
   rows_k = np.full((k,), batch, np.int32)
   start, n, pending, seed, budget = (np.zeros((k,), d) for d in
                                      (np.int32, np.int32, np.int32, np.uint32, np.int32))
