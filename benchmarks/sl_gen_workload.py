@@ -38,7 +38,7 @@ def _run_once(run: str, args, continuous: bool, compiles: list) -> str:
                 constitution_path=os.path.abspath(args.constitution),
                 tokenizer_path=f"{run}/data/tokenizer.model", num_rounds=4, context="latest",
                 exemplars=False, max_new_tokens=96, temperature=0.0, shard_size=256,
-                batch_size=128, max_prompts=args.num_prompts, seed=0, continuous=continuous)
+                batch_size=args.batch_size, max_prompts=args.num_prompts, seed=0, continuous=continuous)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for f in sorted(glob.glob(f"{work}/shards/*.jsonl"))
             for line in open(f, encoding="utf-8")]
@@ -55,6 +55,9 @@ def main(argv=None) -> None:
   p.add_argument("--run_dir", default="runs/toy_world")
   p.add_argument("--num_prompts", type=int, default=256)
   p.add_argument("--constitution", default="constitutions/toy.json")
+  p.add_argument("--batch_size", type=int, default=128,
+                 help="rows decoded together (toy_world.gin: 128); the data set does not "
+                      "depend on it (row seeds), the finals digest shows it")
   p.add_argument("--static", action="store_true",
                  help="static batches only (generate_sl.continuous=False)")
   p.add_argument("--both", type=int, default=0, metavar="N",

@@ -262,11 +262,14 @@ class Attention(nnx.Module):
 
 
 def _project_out(out_btnk: jax.Array, w_nkd: jax.Array) -> jax.Array:
-  """[b, t, n, k] x [n, k, d] -> [b, t, d], contracting (n, k) in the order both are stored.
+  """[b, t, n, k] x [n, k, d] -> [b, t, d] as one matmul over the flattened (n, k), in the
+  order both are stored (free reshapes).
 
   ``jnp.einsum("btnk,nkd->btd")`` lists the contracted letters sorted (k before n), so XLA
-  transposed both operands, the weight included, on every call (every decode step)."""
-  return jax.lax.dot_general(out_btnk, w_nkd, (((2, 3), (0, 1)), ((), ())))
+  transposed both operands, the weight included, on every call (every decode step); a
+  dot_general over two contracted dimensions ran at half the speed of this matmul."""
+  b, t, n, k = out_btnk.shape
+  return jnp.matmul(out_btnk.reshape(b, t, n * k), w_nkd.reshape(n * k, w_nkd.shape[-1]))
 
 
 class MLP(nnx.Module):
