@@ -228,7 +228,7 @@ class Attention(nnx.Module):
       out = self._attend_one(q, k, v, mask_bts)
     else:
       out = self._attend(q, k, v, mask_bts)
-    return _project_out(out, self.wo_nkd[...].astype(dt)), cache
+    return jnp.einsum("btnk,nkd->btd", out, self.wo_nkd[...].astype(dt)), cache
 
   def _scores(self, s):
     s = s * self.scale
@@ -259,17 +259,6 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=1).astype(self.cfg.jnp_dtype).astype(f32)
     out = jnp.sum(probs[..., None] * v.astype(f32)[:, :, :, None, :], axis=1)  # [b, m, g, k]
     return out.astype(self.cfg.jnp_dtype).reshape(b, 1, n, kd)
-
-
-def _project_out(out_btnk: jax.Array, w_nkd: jax.Array) -> jax.Array:
-  """[b, t, n, k] x [n, k, d] -> [b, t, d] as one matmul over the flattened (n, k), in the
-  order both are stored (free reshapes).
-
-  ``jnp.einsum("btnk,nkd->btd")`` lists the contracted letters sorted (k before n), so XLA
-  transposed both operands, the weight included, on every call (every decode step); a
-  dot_general over two contracted dimensions ran at half the speed of this matmul."""
-  b, t, n, k = out_btnk.shape
-  return jnp.matmul(out_btnk.reshape(b, t, n * k), w_nkd.reshape(n * k, w_nkd.shape[-1]))
 
 
 class MLP(nnx.Module):
