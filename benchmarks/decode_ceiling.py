@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import bench_real  # noqa: E402  (FOLDER, prompt_ids, measure_gemm)
+import bench_real  # noqa: E402  (FOLDER, prompt_ids, measure_gemm, ours_fns)
 import bench_sampler  # noqa: E402  (measure_bandwidth, timed)
 from cai_jax import sampling  # noqa: E402
 from cai_jax.models.hf import from_hf  # noqa: E402
@@ -68,12 +68,10 @@ def chain(w: dict, x: jax.Array) -> jax.Array:
 
 
 def our_step(sampler, ids, batch: int, reps: int) -> float:
-  prompts = ids[:batch]
-  gen = lambda: sampler.generate(prompts, max_new_tokens=NEW)
-  pre = lambda: sampler.start(prompts, min_free=NEW)[1].block_until_ready()
-  t_gen = bench_sampler.timed(gen, warmup=1, reps=reps)
-  t_pre = bench_sampler.timed(pre, warmup=1, reps=reps)
-  return (t_gen - t_pre) / (NEW - 1)
+  """Seconds per decode step, as ``bench_real.py`` takes it: (generate - prefill) / (new - 1)."""
+  fns = bench_real.ours_fns(sampler, ids[:batch], NEW)
+  t = {name: bench_sampler.timed(fn, warmup=1, reps=reps) for name, fn in fns.items()}
+  return (t["ours"] - t["prefill"]) / (NEW - 1)
 
 
 def main(argv=None) -> None:

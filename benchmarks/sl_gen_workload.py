@@ -38,7 +38,8 @@ def _run_once(run: str, args, continuous: bool, compiles: list) -> str:
                 constitution_path=os.path.abspath(args.constitution),
                 tokenizer_path=f"{run}/data/tokenizer.model", num_rounds=4, context="latest",
                 exemplars=False, max_new_tokens=96, temperature=0.0, shard_size=256,
-                batch_size=args.batch_size, max_prompts=args.num_prompts, seed=0, continuous=continuous)
+                batch_size=args.batch_size, max_prompts=args.num_prompts, seed=0,
+                continuous=continuous)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for f in sorted(glob.glob(f"{work}/shards/*.jsonl"))
             for line in open(f, encoding="utf-8")]
