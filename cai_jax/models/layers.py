@@ -123,6 +123,35 @@ def _write_cache(cache_bsmk: jax.Array, x_btmk: jax.Array, index) -> jax.Array:
   return cache_bsmk.at[jnp.arange(b)[:, None], slots].set(x_btmk, mode="drop")
 
 
+def _step_weight(wo_nkd: jax.Array) -> jax.Array:
+  n, k, d = wo_nkd.shape
+  return jnp.transpose(wo_nkd, (1, 0, 2)).reshape(k * n, d)
+
+
+def _project_step(out_btnk: jax.Array, wo_nkd: jax.Array, w_cd=None) -> jax.Array:
+  """The output projection of a decode step, ``einsum("btnk,nkd->btd")``, written as the
+  one matmul XLA:CPU lowers that einsum to: both operands permuted to (k, n) order and
+  flattened, so the same products are summed in the same order (bit for bit, tested).
+  ``w_cd``: the weight so permuted, computed once before a decode loop
+  (``prepare_decode``); XLA's own permutation is inserted after loop-invariant code
+  motion and so runs in every step."""
+  b, t, n, k = out_btnk.shape
+  w = _step_weight(wo_nkd) if w_cd is None else w_cd
+  x = jnp.transpose(out_btnk, (0, 1, 3, 2)).reshape(b, t, k * n)
+  return jnp.einsum("btc,cd->btd", x, w)
+
+
+def prepare_decode(model: nnx.Module) -> nnx.Module:
+  """Computes, once before a decode loop, what every decode step of ``model`` would
+  otherwise recompute from the weights alone: each attention layer's permuted output
+  projection (``_project_step``). Call it on a model merged inside the jitted function
+  that runs the loop; a later ``nnx.split`` of it is not supported. Returns the model."""
+  for _, m in nnx.iter_modules(model):
+    if isinstance(m, Attention):
+      m.wo_step = _step_weight(m.wo_nkd[...].astype(m.cfg.jnp_dtype))
+  return model
+
+
 DECODE_ATTENTION = ("auto", "reduce", "dot")
 
 
@@ -224,10 +253,11 @@ class Attention(nnx.Module):
           raise ValueError("a sliding-window layer attending to a cache needs key_positions_bs")
         key_positions_bs = positions_bt
       mask_bts = window_mask(mask_bts, positions_bt, key_positions_bs, self.window)
-    if cache is not None and q.shape[1] == 1 and decode_attention() == "reduce":
-      out = self._attend_one(q, k, v, mask_bts)
-    else:
-      out = self._attend(q, k, v, mask_bts)
+    if cache is not None and q.shape[1] == 1:
+      out = (self._attend_one if decode_attention() == "reduce" else self._attend)(
+          q, k, v, mask_bts)
+      return _project_step(out, self.wo_nkd[...].astype(dt), getattr(self, "wo_step", None)), cache
+    out = self._attend(q, k, v, mask_bts)
     return jnp.einsum("btnk,nkd->btd", out, self.wo_nkd[...].astype(dt)), cache
 
   def _scores(self, s):

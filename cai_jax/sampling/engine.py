@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cai_jax.models.layers import prepare_decode
 from cai_jax.sampling import cache as cache_lib
 from cai_jax.sampling.cache import DecodeState
 from cai_jax.sampling.select import Mode, select
@@ -293,6 +294,7 @@ def _run(model, carry: DecodeCarry, key, temperature, top_p, stops, max_new, *, 
   ``attend_len`` slots (None, or the whole cache: until done)."""
   cache_len = carry.state.valid_bs.shape[1]
   bounded = attend_len is not None and attend_len < cache_len
+  model = prepare_decode(model)
 
   def cond(c):
     go = jnp.logical_not(jnp.all(c.done_b))

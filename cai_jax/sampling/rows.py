@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cai_jax.models.config import ModelConfig
+from cai_jax.models.layers import prepare_decode
 from cai_jax.sampling import cache as cache_lib
 from cai_jax.sampling.select import Mode, select
 from cai_jax.sharding.rules import constrain
@@ -176,12 +177,26 @@ def run(graphdef: nnx.GraphDef, params, carry: RowCarry, temperature: jax.Array,
     mode: static sampling choices.
     attend_len: static, at most the cache length.
   """
-  model = nnx.merge(graphdef, params)
+  model = prepare_decode(nnx.merge(graphdef, params))
 
   def cond(c):
     n = jnp.sum(c.active_b, dtype=jnp.int32)
     longest = jnp.max(jnp.where(c.active_b, c.len_b, 0))
     return (n > min_active) & (n > 0) & (longest < attend_len)
 
-  return jax.lax.while_loop(
+  # The loop runs on a copy of the first ``attend_len`` slots, put back once at the end:
+  # a step over the whole cache would copy those slots out of it again in every layer
+  # (XLA:CPU does not fuse the slice into the attention), once per step instead of once
+  # per call. A step writes below ``attend_len`` only (``cond``), so nothing is lost.
+  full = carry.cache
+  cut = attend_len < full[0]["k"].shape[1]
+  if cut:
+    carry = carry._replace(cache=[{n: x[:, :attend_len] for n, x in layer.items()}
+                                  for layer in full])
+  out = jax.lax.while_loop(
       cond, lambda c: _step(model, c, temperature, top_p, stops, mode, attend_len), carry)
+  if cut:
+    out = _constrain(out._replace(cache=[
+        {n: jax.lax.dynamic_update_slice(x, out.cache[i][n], (0, 0, 0, 0))
+         for n, x in layer.items()} for i, layer in enumerate(full)]))
+  return out

@@ -1,4 +1,6 @@
 """Model-level properties: causality, packing, caching, heads, dtypes, config checks."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +101,44 @@ def test_num_params_matches_tree():
     cfg = models.ModelConfig(**{**CFG.to_dict(), "tie_embeddings": tied})
     _, shapes, _ = models.abstract(cfg)
     assert models.count_params(shapes) == cfg.num_params()
+
+
+@pytest.mark.parametrize("b,n,k,d", [(3, 4, 8, 32), (16, 9, 64, 576), (1, 8, 128, 2048)])
+def test_decode_projection_is_the_einsum_bit_for_bit(b, n, k, d):
+  """``_project_step`` (the decode step's output projection, its weight permutation
+  hoisted out of the loop) sums what ``einsum("btnk,nkd->btd")`` sums, in the same order."""
+  from cai_jax.models import layers
+  rng = np.random.default_rng(b + n)
+  out = jnp.asarray(rng.normal(size=(b, 1, n, k)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(n, k, d)), jnp.float32)
+  want = np.asarray(jax.jit(lambda o, w: jnp.einsum("btnk,nkd->btd", o, w))(out, w))
+  w_cd = np.asarray(w).transpose(1, 0, 2).reshape(k * n, d)          # numpy: (k, n) rows
+  got = jax.jit(layers._project_step)(out, w, jnp.asarray(w_cd))
+  np.testing.assert_array_equal(np.asarray(got), want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(layers._project_step)(out, w)), want)
+
+
+def test_prepared_model_decodes_the_same_step(lm):
+  """A decode step of a model with ``prepare_decode``'s permuted weights returns the
+  unprepared model's hidden states and cache, bit for bit."""
+  from flax import nnx
+  from cai_jax.models.layers import prepare_decode
+  cache = [{"k": jnp.zeros((2, 16, 2, 8)), "v": jnp.zeros((2, 16, 2, 8))} for _ in range(2)]
+  prompt = _tokens(2, 6, 4)
+  _, cache = lm.hidden(prompt, cache=cache, cache_index=jnp.int32(0),
+                       mask_bts=jnp.arange(16)[None, None, :] <= jnp.arange(6)[None, :, None])
+  gd, params = nnx.split(lm)
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def step(params, cache, prepared):
+    m = nnx.merge(gd, params)
+    if prepared:
+      m = prepare_decode(m)
+      assert all(a.wo_step.shape == (32, 32) for a in (l.attn for l in m.layers))
+    mask = (jnp.arange(16) <= 6)[None, None, :].repeat(2, 0)
+    return m.hidden(_tokens(2, 1, 5), positions_bt=jnp.full((2, 1), 6), mask_bts=mask,
+                    cache=cache, cache_index=jnp.int32(6))
+
+  a, b = step(params, cache, True), step(params, cache, False)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

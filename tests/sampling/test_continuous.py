@@ -7,6 +7,7 @@ beyond the model and the token selection.
 """
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from conftest import CFG, full_logprobs, random_prompts
@@ -14,6 +15,7 @@ from conftest import CFG, full_logprobs, random_prompts
 from cai_jax import models, sampling
 from cai_jax.sampling import rows
 from cai_jax.sampling.continuous import Request, run_jobs
+from cai_jax.sampling.select import Mode
 from cai_jax.sharding import make_mesh
 
 PROMPTS = random_prompts([5, 17, 30, 9, 22, 3, 40, 11, 2, 26], seed=1)
@@ -192,6 +194,41 @@ def test_refill_keeps_other_rows_and_ignores_padding_entries(lm, sampler):
   for b, layer in zip(before, carry.cache):
     np.testing.assert_array_equal(np.asarray(layer["k"])[[0, 2]], b[[0, 2]])
 
+
+
+def test_run_on_the_live_slots_equals_the_whole_cache(lm, sampler):
+  """``rows.run`` with ``attend_len`` below the cache length (the loop works on a copy of
+  the live slots, put back at the end) samples what a run over the whole cache samples,
+  leaves the slots past ``attend_len`` as they were, and holds the same keys below."""
+  import jax.numpy as jnp
+  carry = rows.empty(cfg=lm.cfg, batch=4, cache_len=256, num_out=32)
+  toks = np.asarray(random_prompts([40] * 4, seed=4), np.int32)
+  n = jnp.asarray([40, 13, 27, 2], jnp.int32)
+  carry = rows.refill(sampler.graphdef, sampler.params, carry, jnp.arange(4, dtype=jnp.int32),
+                      jnp.zeros(4, jnp.int32), jnp.asarray(toks), n, jnp.full(4, 1, jnp.int32),
+                      jnp.arange(4, dtype=jnp.uint32), jnp.asarray([30, 30, 5, 30], jnp.int32),
+                      attend_len=256)
+  # Slots past the live part hold marks a run must not touch (a row's own slots above
+  # its length are free; slot 200 is past every row's reach).
+  carry = carry._replace(cache=[{k: x.at[:, 200].set(7.0) for k, x in layer.items()}
+                                for layer in carry.cache])
+  copy = lambda c: jax.tree.map(jnp.copy, c)
+  args = (jnp.float32(1.0), jnp.float32(1.0), jnp.asarray([5, 6, -1], jnp.int32), jnp.int32(0))
+  cut = rows.run(sampler.graphdef, sampler.params, copy(carry), *args, mode=Mode(greedy=False),
+                 attend_len=128)
+  whole = rows.run(sampler.graphdef, sampler.params, copy(carry), *args, mode=Mode(greedy=False),
+                   attend_len=256)
+  for f in ("len_b", "count_b", "active_b", "tokens_bn"):
+    np.testing.assert_array_equal(np.asarray(getattr(cut, f)), np.asarray(getattr(whole, f)))
+  assert int(np.max(np.asarray(cut.count_b))) > 0
+  np.testing.assert_allclose(cut.logprobs_bn, whole.logprobs_bn, atol=1e-5)
+  lens = np.asarray(cut.len_b)
+  for a, b in zip(cut.cache, whole.cache):
+    for name in ("k", "v"):
+      x, y = np.asarray(a[name]), np.asarray(b[name])
+      assert (x[:, 200] == 7.0).all() and x.shape == y.shape
+      for r, ln in enumerate(lens):
+        np.testing.assert_allclose(x[r, :ln], y[r, :ln], atol=1e-5)
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="refill_fraction"):
