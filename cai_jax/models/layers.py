@@ -113,14 +113,17 @@ def window_mask(mask_bts: jax.Array, q_pos_bt: jax.Array, k_pos_bs: jax.Array,
   return mask_bts & (q_pos_bt[:, :, None] - k_pos_bs[:, None, :] < window)
 
 
-def _write_cache(cache_bsmk: jax.Array, x_btmk: jax.Array, index) -> jax.Array:
-  """Writes ``x`` into the cache at slot ``index`` (a scalar: every row; [b]: per row)."""
-  x_btmk = x_btmk.astype(cache_bsmk.dtype)
+def _write_cache(cache_bmsk: jax.Array, x_btmk: jax.Array, index) -> jax.Array:
+  """Writes ``x`` into the head-major cache at slot ``index`` (a scalar: every row; [b]:
+  per row)."""
+  x_btmk = x_btmk.astype(cache_bmsk.dtype)
   if jnp.ndim(index) == 0:
-    return jax.lax.dynamic_update_slice(cache_bsmk, x_btmk, (0, index, 0, 0))
+    return jax.lax.dynamic_update_slice(cache_bmsk, jnp.transpose(x_btmk, (0, 2, 1, 3)),
+                                        (0, 0, index, 0))
   b, t = x_btmk.shape[:2]
   slots = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
-  return cache_bsmk.at[jnp.arange(b)[:, None], slots].set(x_btmk, mode="drop")
+  # Row and slot indices around a full head slice: the update is indexed [b, t, m, k].
+  return cache_bmsk.at[jnp.arange(b)[:, None], :, slots].set(x_btmk, mode="drop")
 
 
 def _step_weight(wo_nkd: jax.Array) -> jax.Array:
@@ -157,11 +160,10 @@ DECODE_ATTENTION = ("auto", "reduce", "dot")
 
 def decode_attention() -> str:
   """How a decode step (one query per row, a KV cache) computes attention: "reduce"
-  (products summed over the cache in its own layout, ``Attention._attend_one``) or "dot"
-  (the batched matmuls of every other call). ``$CAI_JAX_DECODE_ATTENTION`` chooses; "auto"
-  (the default) is "reduce" on CPU, where a toy decode step measured up to 1.8x faster
-  at 512 live slots and the toy SL-CAI generation 1.2x (BENCHMARKS.md), and "dot" elsewhere
-  (not measured there yet). Read when a program is traced.
+  (products summed over the head-major cache, ``Attention._attend_one``) or "dot" (the
+  batched matmuls of every other call). ``$CAI_JAX_DECODE_ATTENTION`` chooses; "auto" (the
+  default) is "reduce" on CPU, where it measured faster on toy decode steps
+  (BENCHMARKS.md), and "dot" elsewhere. Read when a program is traced.
   """
   choice = os.environ.get("CAI_JAX_DECODE_ATTENTION", "auto")
   if choice not in DECODE_ATTENTION:
@@ -222,8 +224,8 @@ class Attention(nnx.Module):
       x_btd: [b, t, d] input.
       positions_bt: [b, t] int32 positions (for RoPE).
       mask_bts: [b, t, s] bool, True where query t may attend key s.
-      cache: optional dict with ``k``/``v`` [b, S, m, k]; the new keys and values are
-        written at ``cache_index`` and attention runs over all S slots.
+      cache: optional dict with ``k``/``v`` [b, m, S, k] (head-major); the new keys and
+        values are written at ``cache_index`` and attention runs over all S slots.
       cache_index: int32 scalar, the slot of the first new token; or [b] int32, one
         slot per row (rows with their own write pointers; writes past the end are dropped).
       key_positions_bs: [b, s] int32 position of every key (a sliding-window layer
@@ -243,8 +245,9 @@ class Attention(nnx.Module):
     if cache is not None:
       k, v = (_write_cache(cache[n], x, cache_index) for n, x in (("k", k), ("v", v)))
       cache = {"k": k, "v": v}
-      if attend_len is not None and attend_len < k.shape[1]:
-        k, v, mask_bts = k[:, :attend_len], v[:, :attend_len], mask_bts[..., :attend_len]
+      if attend_len is not None and attend_len < k.shape[2]:
+        k, v = k[:, :, :attend_len], v[:, :, :attend_len]
+        mask_bts = mask_bts[..., :attend_len]
         if key_positions_bs is not None:
           key_positions_bs = key_positions_bs[:, :attend_len]
     if self.window is not None:
@@ -254,10 +257,12 @@ class Attention(nnx.Module):
         key_positions_bs = positions_bt
       mask_bts = window_mask(mask_bts, positions_bt, key_positions_bs, self.window)
     if cache is not None and q.shape[1] == 1:
-      out = (self._attend_one if decode_attention() == "reduce" else self._attend)(
-          q, k, v, mask_bts)
+      if decode_attention() == "reduce":
+        out = self._attend_one(q, k, v, mask_bts)
+      else:
+        out = self._attend(q, k, v, mask_bts, heads_first=True)
       return _project_step(out, self.wo_nkd[...].astype(dt), getattr(self, "wo_step", None)), cache
-    out = self._attend(q, k, v, mask_bts)
+    out = self._attend(q, k, v, mask_bts, heads_first=cache is not None)
     return jnp.einsum("btnk,nkd->btd", out, self.wo_nkd[...].astype(dt)), cache
 
   def _scores(self, s):
@@ -265,29 +270,32 @@ class Attention(nnx.Module):
     cap = self.cfg.attn_softcap
     return s if cap is None else jnp.tanh(s / cap) * cap
 
-  def _attend(self, q, k, v, mask_bts):
-    """Attention as two batched matmuls: q [b, t, n, k], k/v [b, s, m, k] -> [b, t, n, k]."""
+  def _attend(self, q, k, v, mask_bts, heads_first=False):
+    """Attention as two batched matmuls: q [b, t, n, k], k/v [b, s, m, k] (or [b, m, s, k],
+    a cache, with ``heads_first``) -> [b, t, n, k]."""
     dt = self.cfg.jnp_dtype
     b, t, n, kd = q.shape
-    m = k.shape[2]
+    m = k.shape[1 if heads_first else 2]
+    kv = "bmsk" if heads_first else "bsmk"
     q = q.reshape(b, t, m, n // m, kd)
-    scores = self._scores(jnp.einsum("btmgk,bsmk->bmgts", q, k.astype(dt)).astype(jnp.float32))
+    scores = self._scores(
+        jnp.einsum(f"btmgk,{kv}->bmgts", q, k.astype(dt)).astype(jnp.float32))
     scores = jnp.where(mask_bts[:, None, None, :, :], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    return jnp.einsum("bmgts,bsmk->btmgk", probs, v.astype(dt)).reshape(b, t, n, kd)
+    return jnp.einsum(f"bmgts,{kv}->btmgk", probs, v.astype(dt)).reshape(b, t, n, kd)
 
   def _attend_one(self, q, k, v, mask_bts):
-    """One query per row (a decode step) as products summed in float32, in the cache's
-    [b, s, m, k] layout: XLA fuses each into one pass over the cache, where the matmul form
-    first copies the cache into a head-major layout (``decode_attention``)."""
+    """One query per row (a decode step) over the head-major cache (k/v [b, m, s, k]) as
+    products summed in float32: XLA fuses each into one pass over the cache
+    (``decode_attention``)."""
     b, _, n, kd = q.shape
-    m = k.shape[2]
+    m = k.shape[1]
     f32 = jnp.float32
-    q = q.reshape(b, 1, m, n // m, kd).astype(f32)                          # [b, 1, m, g, k]
-    scores = self._scores(jnp.sum(q * k.astype(f32)[:, :, :, None, :], axis=-1))  # [b, s, m, g]
-    scores = jnp.where(mask_bts[:, 0, :, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=1).astype(self.cfg.jnp_dtype).astype(f32)
-    out = jnp.sum(probs[..., None] * v.astype(f32)[:, :, :, None, :], axis=1)  # [b, m, g, k]
+    q = q.reshape(b, m, n // m, 1, kd).astype(f32)                          # [b, m, g, 1, k]
+    scores = self._scores(jnp.sum(q * k.astype(f32)[:, :, None], axis=-1))  # [b, m, g, s]
+    scores = jnp.where(mask_bts[:, None, :, :], scores, _NEG)              # mask [b, 1, 1, s]
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.cfg.jnp_dtype).astype(f32)
+    out = jnp.sum(probs[..., None] * v.astype(f32)[:, :, None], axis=3)    # [b, m, g, k]
     return out.astype(self.cfg.jnp_dtype).reshape(b, 1, n, kd)
 
 

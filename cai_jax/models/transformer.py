@@ -93,7 +93,7 @@ class Transformer(nnx.Module):
       positions_bt: [b, t] int32; default 0..t-1 (restarting per segment).
       segment_ids_bt: [b, t] int32 packing ids (0 = padding); optional.
       mask_bts: [b, t, s] bool attention mask; default causal (and per segment).
-      cache: optional list (one per layer) of ``{"k", "v"}`` [b, S, m, k] arrays.
+      cache: optional list (one per layer) of ``{"k", "v"}`` [b, m, S, k] arrays.
       cache_index: int32 scalar slot where the new tokens' keys are written, or [b]
         int32 slots, one per row.
       key_positions_bs: [b, S] int32 position of every cache slot after the write; needed

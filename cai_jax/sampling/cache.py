@@ -1,7 +1,8 @@
 """The decode state: a preallocated KV cache with per-row validity and positions.
 
-Layout: one ``{"k", "v"}`` pair per layer, each [b, S, m, k] (batch, slot, kv head,
-head dim), sharded batch over the data axes and kv heads over ``tensor``. All rows
+Layout: one ``{"k", "v"}`` pair per layer, each [b, m, S, k] (batch, kv head, slot,
+head dim: head-major, so a head's slots are contiguous and attention reads them in
+place), sharded batch over the data axes and kv heads over ``tensor``. All rows
 write the same slot at each step (a scalar ``slot``, so the model's
 ``dynamic_update_slice`` cache write is used as is); what a slot means for a row is
 recorded separately:
@@ -31,7 +32,8 @@ import jax.numpy as jnp
 from cai_jax.models.config import ModelConfig
 from cai_jax.sharding.rules import constrain
 
-CACHE_AXES = ("batch", "length", "kv_heads", "kv")
+CACHE_AXES = ("batch", "kv_heads", "length", "kv")
+SLOT_AXIS = 2   # the slot axis of a cache array
 KVCache = list[dict[str, jax.Array]]
 
 
@@ -39,7 +41,7 @@ class DecodeState(NamedTuple):
   """Everything the decoder carries between calls (a pytree of device arrays).
 
   Attributes:
-    cache: per layer ``{"k", "v"}`` [b, S, m, k].
+    cache: per layer ``{"k", "v"}`` [b, m, S, k].
     valid_bs: [b, S] bool, True where the slot holds a real token of the row.
     pos_b: [b] int32, the row's next position (number of tokens in the cache).
     kpos_bs: [b, S] int32, the position of the token in each slot (meaningful where valid).
@@ -77,16 +79,16 @@ def constrain_state(state: DecodeState) -> DecodeState:
 
 
 def empty_cache(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache:
-  """Zeros of shape [batch, length, m, k] per layer, sharded."""
-  shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+  """Zeros of shape [batch, m, length, k] per layer, sharded."""
+  shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
   return constrain_cache([{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
                           for _ in range(cfg.n_layers)])
 
 
 def pad_cache(cache: KVCache, length: int) -> KVCache:
-  """Extends every [b, s, m, k] array with zero slots to [b, length, m, k]."""
+  """Extends every [b, m, s, k] array with zero slots to [b, m, length, k]."""
   def _pad(x):
-    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[SLOT_AXIS]), (0, 0)))
   return constrain_cache([{n: _pad(x) for n, x in layer.items()} for layer in cache])
 
 

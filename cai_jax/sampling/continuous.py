@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cai_jax.sampling import buckets, limits, rows
+from cai_jax.sampling import cache as cache_lib
 from cai_jax.sampling.sampler import Sampler
 from cai_jax.sampling.select import make_mode
 from cai_jax.sharding.processes import fetch
@@ -210,7 +211,7 @@ def _refill(sampler: Sampler, pool: _Pool, carry: rows.RowCarry, limit: int,
 
 
 def _slots(carry: rows.RowCarry) -> int:
-  return carry.cache[0]["k"].shape[1]
+  return carry.cache[0]["k"].shape[cache_lib.SLOT_AXIS]
 
 
 def _refill_group(sampler: Sampler, carry: rows.RowCarry, group: list,

@@ -179,12 +179,10 @@ def pack(state: DecodeState, *, cache_len: int) -> DecodeState:
   keep = (k >= 0) & (k < n_b[:, None])
   idx = jnp.take_along_axis(order, jnp.clip(k, 0, s - 1), axis=1)
 
-  def take(x):
-    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
-
+  take_slots = lambda x: jnp.take_along_axis(x, idx[:, None, :, None], axis=2)  # [b, m, S', k]
   return cache_lib.constrain_state(state._replace(
-      cache=[{n: take(x) for n, x in layer.items()} for layer in state.cache],
-      valid_bs=keep, kpos_bs=take(state.kpos_bs), slot=top))
+      cache=[{n: take_slots(x) for n, x in layer.items()} for layer in state.cache],
+      valid_bs=keep, kpos_bs=jnp.take_along_axis(state.kpos_bs, idx, axis=1), slot=top))
 
 
 class DecodeOutput(NamedTuple):

@@ -37,7 +37,7 @@ class RowCarry(NamedTuple):
   """Everything continuous batching keeps on the device.
 
   Attributes:
-    cache: per layer ``{"k", "v"}`` [b, S, m, k].
+    cache: per layer ``{"k", "v"}`` [b, m, S, k] (``sampling.cache``).
     len_b: [b] int32, tokens of the row in the cache (its next slot and position).
     pending_b: [b] int32, the row's last token (fed by the next step).
     active_b: [b] bool, the row is sampling a turn.
@@ -111,7 +111,7 @@ def refill(graphdef: nnx.GraphDef, params, carry: RowCarry, rows_k: jax.Array,
   k, t = tokens_kt.shape
   # The rows' first ``attend_len`` slots only (what the chunk attends to): the refill
   # reads k x attend_len slots and writes k x T, never a whole row or the whole cache.
-  take = lambda x: x.at[rows_k, :attend_len].get(mode="fill", fill_value=0)
+  take = lambda x: x.at[rows_k, :, :attend_len].get(mode="fill", fill_value=0)
   sub = [{n: take(x) for n, x in layer.items()} for layer in carry.cache]
   positions = start_k[:, None] + jnp.arange(t, dtype=jnp.int32)[None]          # [k, T]
   slots = jnp.arange(attend_len, dtype=jnp.int32)[None]
@@ -119,9 +119,10 @@ def refill(graphdef: nnx.GraphDef, params, carry: RowCarry, rows_k: jax.Array,
   _, kv = model.hidden(tokens_kt, positions_bt=positions, mask_bts=mask, cache=sub,
                        cache_index=start_k, key_positions_bs=_slot_positions(slots, k))
   at = jnp.minimum(positions, attend_len - 1)
-  written = lambda x: jnp.take_along_axis(x, at[:, :, None, None], axis=1)    # [k, T, m, h]
+  written = lambda x: jnp.transpose(                                           # [k, T, m, h]
+      jnp.take_along_axis(x, at[:, None, :, None], axis=2), (0, 2, 1, 3))
   # Chunk slots past a row's real tokens (padding) lie beyond its length: harmless.
-  cache = [{n: x.at[rows_k[:, None], positions].set(written(kv[i][n]), mode="drop")
+  cache = [{n: x.at[rows_k[:, None], :, positions].set(written(kv[i][n]), mode="drop")
             for n, x in layer.items()} for i, layer in enumerate(carry.cache)]
   put = lambda x, y: x.at[rows_k].set(y, mode="drop")
   return _constrain(carry._replace(
@@ -138,7 +139,7 @@ def _step(model, c: RowCarry, temperature, top_p, stops, mode: Mode,
           attend_len: int) -> RowCarry:
   """Feeds every row's pending token at its own slot and samples the active rows."""
   b = c.len_b.shape[0]
-  slots = jnp.arange(c.cache[0]["k"].shape[1], dtype=jnp.int32)[None]
+  slots = jnp.arange(c.cache[0]["k"].shape[cache_lib.SLOT_AXIS], dtype=jnp.int32)[None]
   pos = c.len_b[:, None]
   hidden, kv = model.hidden(c.pending_b[:, None], positions_bt=pos,
                             mask_bts=(slots <= pos)[:, None, :], cache=c.cache,
@@ -189,9 +190,9 @@ def run(graphdef: nnx.GraphDef, params, carry: RowCarry, temperature: jax.Array,
   # (XLA:CPU does not fuse the slice into the attention), once per step instead of once
   # per call. A step writes below ``attend_len`` only (``cond``), so nothing is lost.
   full = carry.cache
-  cut = attend_len < full[0]["k"].shape[1]
+  cut = attend_len < full[0]["k"].shape[cache_lib.SLOT_AXIS]
   if cut:
-    carry = carry._replace(cache=[{n: x[:, :attend_len] for n, x in layer.items()}
+    carry = carry._replace(cache=[{n: x[:, :, :attend_len] for n, x in layer.items()}
                                   for layer in full])
   out = jax.lax.while_loop(
       cond, lambda c: _step(model, c, temperature, top_p, stops, mode, attend_len), carry)

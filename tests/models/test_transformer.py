@@ -49,8 +49,8 @@ def test_cached_incremental_forward_matches_full(lm):
   toks = _tokens(2, 9, 3)
   full = lm(toks)
   s = 16
-  cache = [{"k": jnp.zeros((2, s, CFG.n_kv_heads, CFG.head_dim)),
-            "v": jnp.zeros((2, s, CFG.n_kv_heads, CFG.head_dim))} for _ in range(CFG.n_layers)]
+  cache = [{"k": jnp.zeros((2, CFG.n_kv_heads, s, CFG.head_dim)),       # [b, m, S, k]
+            "v": jnp.zeros((2, CFG.n_kv_heads, s, CFG.head_dim))} for _ in range(CFG.n_layers)]
   # prefill 5 tokens, then decode one at a time
   steps = [(0, 5)] + [(i, i + 1) for i in range(5, 9)]
   for lo, hi in steps:
@@ -123,7 +123,7 @@ def test_prepared_model_decodes_the_same_step(lm):
   unprepared model's hidden states and cache, bit for bit."""
   from flax import nnx
   from cai_jax.models.layers import prepare_decode
-  cache = [{"k": jnp.zeros((2, 16, 2, 8)), "v": jnp.zeros((2, 16, 2, 8))} for _ in range(2)]
+  cache = [{"k": jnp.zeros((2, 2, 16, 8)), "v": jnp.zeros((2, 2, 16, 8))} for _ in range(2)]
   prompt = _tokens(2, 6, 4)
   _, cache = lm.hidden(prompt, cache=cache, cache_index=jnp.int32(0),
                        mask_bts=jnp.arange(16)[None, None, :] <= jnp.arange(6)[None, :, None])

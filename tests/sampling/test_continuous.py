@@ -210,7 +210,7 @@ def test_run_on_the_live_slots_equals_the_whole_cache(lm, sampler):
                       attend_len=256)
   # Slots past the live part hold marks a run must not touch (a row's own slots above
   # its length are free; slot 200 is past every row's reach).
-  carry = carry._replace(cache=[{k: x.at[:, 200].set(7.0) for k, x in layer.items()}
+  carry = carry._replace(cache=[{k: x.at[:, :, 200].set(7.0) for k, x in layer.items()}
                                 for layer in carry.cache])
   copy = lambda c: jax.tree.map(jnp.copy, c)
   args = (jnp.float32(1.0), jnp.float32(1.0), jnp.asarray([5, 6, -1], jnp.int32), jnp.int32(0))
@@ -226,9 +226,9 @@ def test_run_on_the_live_slots_equals_the_whole_cache(lm, sampler):
   for a, b in zip(cut.cache, whole.cache):
     for name in ("k", "v"):
       x, y = np.asarray(a[name]), np.asarray(b[name])
-      assert (x[:, 200] == 7.0).all() and x.shape == y.shape
+      assert (x[:, :, 200] == 7.0).all() and x.shape == y.shape
       for r, ln in enumerate(lens):
-        np.testing.assert_allclose(x[r, :ln], y[r, :ln], atol=1e-5)
+        np.testing.assert_allclose(x[r, :, :ln], y[r, :, :ln], atol=1e-5)
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="refill_fraction"):

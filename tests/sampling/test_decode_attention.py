@@ -3,6 +3,8 @@
 Reference: attention of one query over the cache written out in NumPy (float64), by
 hand; and the two forms must sample the same greedy tokens through the sampler.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,8 +47,10 @@ def test_decode_forms_match_numpy(form, cap):
   v = rng.normal(size=(b, s, 2, 8)).astype(np.float32)
   lens = np.array([1, 7, 20])
   mask = np.arange(s)[None] < lens[:, None]
-  impl = attn._attend_one if form == "reduce" else attn._attend
-  got = np.asarray(impl(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+  impl = attn._attend_one if form == "reduce" else functools.partial(attn._attend,
+                                                                       heads_first=True)
+  heads_first = lambda x: jnp.asarray(x.transpose(0, 2, 1, 3))        # the cache's layout
+  got = np.asarray(impl(jnp.asarray(q), heads_first(k), heads_first(v),
                         jnp.asarray(mask[:, None, :])))[:, 0]
   want = _numpy_attention(q[:, 0].astype(np.float64), k.astype(np.float64),
                           v.astype(np.float64), mask, 8 ** -0.5, cap)
