@@ -40,6 +40,18 @@ def length_bucket(n: int, room: int | None = None) -> int:
   return b if room is None or b <= room else max(room, n)
 
 
+def prompt_bucket(n: int, room: int | None = None) -> int:
+  """Prompt-length bucket of a prefill: ``length_bucket``'s powers of two with a step at
+  three quarters of each octave above 32 (48, 96, 192, ...). Prefill is compute-bound, so
+  padding is paid in full: 34-41-token chat prompts get 48 columns instead of 64, at the
+  price of at most twice the prefill executables. ``room`` as in ``length_bucket``.
+  """
+  b = pow2_at_least(n, MIN_LENGTH)
+  if b > 32 and n <= 3 * b // 4:
+    b = 3 * b // 4
+  return b if room is None or b <= room else max(room, n)
+
+
 def train_bucket(n: int, cap: int | None = None) -> int:
   """Row length of a training or scoring batch whose longest row has ``n`` tokens.
 

@@ -206,7 +206,7 @@ class Sampler:
 
   def _prefill(self, fit: limits.Fit, num_samples: int, cache_len: int | None,
                min_free: int) -> tuple[Conversation, jax.Array]:
-    p_len = buckets.length_bucket(max(len(p) for p in fit.kept), self.max_len - min_free)
+    p_len = buckets.prompt_bucket(max(len(p) for p in fit.kept), self.max_len - min_free)
     # The prompt batch (sharded at prefill) and so the forked batch (prompts * n) must
     # divide over the mesh; pad prompts so they do.
     batch_prompts = buckets.batch_bucket(len(fit.kept), self._batch_multiple())

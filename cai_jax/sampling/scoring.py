@@ -118,7 +118,7 @@ def candidate_logprobs(model, sequences: Sequence[Sequence[int]], candidates, *,
   if np.any(pos < 0):
     raise ValueError(f"a scored position lies in the tokens dropped to fit max_seq_len="
                      f"{s.max_len}: rows {np.flatnonzero(pos < 0)[:5].tolist()}")
-  t = buckets.length_bucket(max(len(x) for x in fit.kept), s.max_len)
+  t = buckets.prompt_bucket(max(len(x) for x in fit.kept), s.max_len)
   rows = buckets.batch_bucket(n, s._batch_multiple())  # pylint: disable=protected-access
   tokens, lengths = buckets.left_pad(fit.kept, t, rows)
   index = np.full((rows,), t - 1, np.int32)

@@ -41,6 +41,15 @@ def test_attend_bucket():
   assert buckets.attend_bucket(64, 64) == 64
 
 
+
+def test_prompt_bucket():
+  """Powers of two with a step at three quarters of each octave above 32 (hand-worked)."""
+  want = {1: 16, 16: 16, 17: 32, 32: 32, 33: 48, 41: 48, 48: 48, 49: 64, 64: 64, 65: 96,
+          96: 96, 97: 128, 129: 192, 193: 256, 385: 512}
+  assert {n: buckets.prompt_bucket(n) for n in want} == want
+  assert buckets.prompt_bucket(41, 44) == 44          # near the limit: what is left
+  assert buckets.prompt_bucket(41, 40) == 41          # never below the prompt
+
 def test_long_cache_logits_equal_full_forward_across_segments(lm, attend_lens):
   """Prompts padded to 64 slots, 90 greedy steps in a 1,024-slot cache: the steps before
   slot 128 attend to 128 slots, the rest to 256, and every step's logits are the full
