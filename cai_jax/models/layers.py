@@ -131,17 +131,16 @@ def _step_weight(wo_nkd: jax.Array) -> jax.Array:
   return jnp.transpose(wo_nkd, (1, 0, 2)).reshape(k * n, d)
 
 
-def _project_step(out_btnk: jax.Array, wo_nkd: jax.Array, w_cd=None) -> jax.Array:
+def _project_step(out_btnk: jax.Array, w_cd: jax.Array) -> jax.Array:
   """The output projection of a decode step, ``einsum("btnk,nkd->btd")``, written as the
   one matmul XLA:CPU lowers that einsum to: both operands permuted to (k, n) order and
   flattened, so the same products are summed in the same order (bit for bit, tested).
-  ``w_cd``: the weight so permuted, computed once before a decode loop
-  (``prepare_decode``); XLA's own permutation is inserted after loop-invariant code
+  ``w_cd``: the weight so permuted (``_step_weight``), computed once before a decode loop
+  by ``prepare_decode``; XLA's own permutation is inserted after loop-invariant code
   motion and so runs in every step."""
   b, t, n, k = out_btnk.shape
-  w = _step_weight(wo_nkd) if w_cd is None else w_cd
   x = jnp.transpose(out_btnk, (0, 1, 3, 2)).reshape(b, t, k * n)
-  return jnp.einsum("btc,cd->btd", x, w)
+  return jnp.einsum("btc,cd->btd", x, w_cd)
 
 
 def prepare_decode(model: nnx.Module) -> nnx.Module:
@@ -261,7 +260,10 @@ class Attention(nnx.Module):
         out = self._attend_one(q, k, v, mask_bts)
       else:
         out = self._attend(q, k, v, mask_bts, heads_first=True)
-      return _project_step(out, self.wo_nkd[...].astype(dt), getattr(self, "wo_step", None)), cache
+      w_cd = getattr(self, "wo_step", None)          # set by prepare_decode
+      if w_cd is None:
+        w_cd = _step_weight(self.wo_nkd[...].astype(dt))
+      return _project_step(out, w_cd), cache
     out = self._attend(q, k, v, mask_bts, heads_first=cache is not None)
     return jnp.einsum("btnk,nkd->btd", out, self.wo_nkd[...].astype(dt)), cache
 

@@ -36,7 +36,11 @@ def length_bucket(n: int, room: int | None = None) -> int:
   With ``room`` (e.g. what the model's ``max_seq_len`` leaves), a bucket longer than
   ``room`` shrinks to ``max(room, n)``: near the limit lengths are used as they are.
   """
-  b = pow2_at_least(n, MIN_LENGTH)
+  return _within_room(pow2_at_least(n, MIN_LENGTH), n, room)
+
+
+def _within_room(b: int, n: int, room: int | None) -> int:
+  """Bucket ``b`` for ``n`` tokens, or ``max(room, n)`` when ``b`` exceeds ``room``."""
   return b if room is None or b <= room else max(room, n)
 
 
@@ -49,7 +53,7 @@ def prompt_bucket(n: int, room: int | None = None) -> int:
   b = pow2_at_least(n, MIN_LENGTH)
   if b > 32 and n <= 3 * b // 4:
     b = 3 * b // 4
-  return b if room is None or b <= room else max(room, n)
+  return _within_room(b, n, room)
 
 
 def train_bucket(n: int, cap: int | None = None) -> int:

@@ -113,9 +113,10 @@ def test_decode_projection_is_the_einsum_bit_for_bit(b, n, k, d):
   w = jnp.asarray(rng.normal(size=(n, k, d)), jnp.float32)
   want = np.asarray(jax.jit(lambda o, w: jnp.einsum("btnk,nkd->btd", o, w))(out, w))
   w_cd = np.asarray(w).transpose(1, 0, 2).reshape(k * n, d)          # numpy: (k, n) rows
-  got = jax.jit(layers._project_step)(out, w, jnp.asarray(w_cd))
+  got = jax.jit(layers._project_step)(out, jnp.asarray(w_cd))
   np.testing.assert_array_equal(np.asarray(got), want)
-  np.testing.assert_array_equal(np.asarray(jax.jit(layers._project_step)(out, w)), want)
+  inside = jax.jit(lambda o, w: layers._project_step(o, layers._step_weight(w)))(out, w)
+  np.testing.assert_array_equal(np.asarray(inside), want)
 
 
 def test_prepared_model_decodes_the_same_step(lm):
